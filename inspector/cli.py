@@ -1,0 +1,240 @@
+"""Command-line interface: train, eval, bench, models.  Never imports Qt.
+
+Exit codes: 0 done, 2 bad input (arguments, data, model file, device), 130 cancelled by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 2, 130
+log = logging.getLogger("inspector")
+
+
+class ProgressBar:
+    """A one-line progress bar with ETA on stderr; plain periodic lines when stderr is not a TTY."""
+
+    def __init__(self, stream=sys.stderr, interval: float = 0.2) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.interval = interval if self.tty else 10.0
+        self.last = 0.0
+        self.stage = None
+
+    def __call__(self, p) -> None:
+        now = time.monotonic()
+        finished = p.done >= p.total
+        if p.stage == self.stage and not finished and now - self.last < self.interval:
+            return
+        if p.stage != self.stage and self.stage is not None and self.tty:
+            self.stream.write("\n")
+        self.stage, self.last = p.stage, now
+        frac = p.done / p.total if p.total else 1.0
+        bar = "#" * int(frac * 30)
+        eta = f" ETA {int(p.eta_s // 60):d}:{int(p.eta_s % 60):02d}" if p.eta_s is not None and not finished else ""
+        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.info.items())
+        line = f"{p.stage:<10} [{bar:<30}] {p.done}/{p.total}{eta} {extra}".rstrip()
+        self.stream.write(("\r" + line) if self.tty else line + "\n")
+        if finished and self.tty:
+            self.stream.write("\n")
+            self.stage = None
+        self.stream.flush()
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError("must be in [0, 1)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    import models
+
+    p.add_argument("--data", type=Path, required=True, help="data folder in the MVTec AD layout")
+    p.add_argument("--method", required=True, metavar="M",
+                   help=f"detection method: {', '.join(models.method_names())}")
+    p.add_argument("--anomaly-fraction", type=_fraction, default=0.0, metavar="G",
+                   help="share of labelled defects in the training set, G = a/(n+a), drawn from "
+                        "DATA/train/defect; only for methods that learn from anomalies (default 0)")
+    p.add_argument("--size", type=_positive_int, help="tile size in pixels (default: the method's own)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA GPU if present), cpu, cuda, cuda:N")
+    p.add_argument("--epochs", type=_positive_int, help="training epochs (default: the method's own)")
+    p.add_argument("--steps-per-epoch", type=_positive_int, help="steps per epoch (default: the method's own)")
+    p.add_argument("--batch-size", type=_positive_int, help="samples per step (default: the method's own)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop training after this many seconds and keep what was learned")
+    p.add_argument("--false-alarm-rate", type=_fraction, default=0.01,
+                   help="calibrate the threshold to this false-alarm rate on held-out goods (default 0.01)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inspector", description="Visual anomaly inspection: train, evaluate and benchmark detectors.")
+    parser.add_argument("--version", action="version", version=f"inspector {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a detector on a data folder and write a model file")
+    _add_training_args(p)
+    p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT's checkpoint (OUT.ckpt) left by an interrupted run")
+
+    p = sub.add_parser("eval", help="score a data folder's test split with a model file")
+    p.add_argument("--model", type=Path, required=True, help="model file written by 'train'")
+    p.add_argument("--data", type=Path, required=True, help="data folder in the MVTec AD layout")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
+
+    p = sub.add_parser("bench", help="train, calibrate and score in one run; print the figures")
+    _add_training_args(p)
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
+
+    p = sub.add_parser("models", help="list the detection methods, or show a model file's metadata")
+    p.add_argument("--show", type=Path, metavar="MODEL", help="print this model file's metadata")
+    return parser
+
+
+def _options(args: argparse.Namespace):
+    from .jobs import TrainOptions
+
+    return TrainOptions(data=args.data, method=args.method, anomaly_fraction=args.anomaly_fraction,
+                        size=args.size, seed=args.seed, device=args.device, epochs=args.epochs,
+                        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                        time_budget_s=args.time_budget,
+                        false_alarm_rate=args.false_alarm_rate)
+
+
+def _write_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "none" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _summary(result: dict[str, Any]) -> list[str]:
+    lines = [f"method={result.get('method', '?')} data={result.get('data')} device={result.get('device', '?')}",
+             f"test: {result['n_test_good']} good, {result['n_test_defect']} defective"]
+    for label, value in result.get("auroc_per_type", {}).items():
+        lines.append(f"  auroc {label:<14} {value:.4f}")
+    lines.append(f"threshold={result['threshold']:.6g} false_alarm_rate={_fmt(result['false_alarm_rate'], 3)} "
+                 f"recall={_fmt(result['recall'], 3)}")
+    return lines
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .jobs import train_model
+    from .modelfile import SUFFIX, save_model
+
+    out: Path = args.out if args.out.suffix else args.out.with_suffix(SUFFIX)
+    opts = _options(args)
+    opts.checkpoint_path = out.with_name(out.name + ".ckpt")
+    opts.resume = args.resume
+    trained = train_model(opts, progress=ProgressBar())
+    save_model(out, trained.detector, trained.metadata)
+    opts.checkpoint_path.unlink(missing_ok=True)
+    t = trained.metadata["training"]
+    print(f"wrote {out}: {args.method}, {t['n_train_good']} good + {t['n_train_defect']} labelled defects, "
+          f"{t['epochs_done']} epochs in {t['seconds']:.0f} s on {t['device']}, "
+          f"threshold {trained.calibration.threshold:.6g} ({trained.calibration.rule})")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .datasets import discover
+    from .jobs import evaluate
+    from .modelfile import calibration_of, load_model
+    from .training import device_name, resolve_device
+
+    device = resolve_device(args.device)
+    detector, meta = load_model(args.model, device=device)
+    result = {"model": str(args.model), "method": meta["method"], "data": str(args.data),
+              "device": device_name(device)}
+    result |= evaluate(detector, calibration_of(meta), discover(args.data, need_test=True), progress=ProgressBar())
+    _write_json(args.json, result)
+    print("\n".join(_summary(result)))
+    print(f"image_auroc={result['image_auroc']:.4f} pixel_auroc={_fmt(result['pixel_auroc'])} "
+          f"score_ms_per_image={result['score_ms_per_image']:.3f}")
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .jobs import bench
+
+    _, result = bench(_options(args), progress=ProgressBar())
+    _write_json(args.json, result)
+    print("\n".join(_summary(result)))
+    print(f"image_auroc={result['image_auroc']:.4f} pixel_auroc={_fmt(result['pixel_auroc'])} "
+          f"train_seconds={result['train_seconds']:.1f} score_ms_per_image={result['score_ms_per_image']:.3f}")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import models
+
+    from .modelfile import read_metadata
+
+    if args.show:
+        print(json.dumps(read_metadata(args.show), indent=2))
+        return EXIT_OK
+    for name in models.method_names():
+        cls = models.get_method(name)
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<6} {doc}")
+    return EXIT_OK
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        print("\nThe desktop window is not part of this version yet; use the commands above.")
+        return EXIT_OK
+
+    import models
+
+    from .datasets import DatasetError
+    from .modelfile import ModelFileError
+    from .training import DeviceError, TrainingCancelled
+
+    try:
+        return COMMANDS[args.command](args)
+    except (DatasetError, ModelFileError, DeviceError, models.UnknownMethodError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (KeyboardInterrupt, TrainingCancelled):
+        print("\ncancelled: no model file was written", file=sys.stderr)
+        return EXIT_CANCELLED

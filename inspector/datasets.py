@@ -1,0 +1,173 @@
+"""Image data sets in the MVTec AD layout, and loading them as model-sized tiles.
+
+```
+<root>/train/good/                      defect-free training images
+<root>/train/defect/<type>/             optional pool of labelled defects
+<root>/test/good/, <root>/test/<type>/  test images
+<root>/ground_truth/<type>/<stem>_mask.png   optional pixel masks of test defects
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .images import ImageReadError, is_grey, is_image_file, read_image
+from .tensors import fit_tile
+
+log = logging.getLogger(__name__)
+
+GOOD = "good"
+
+
+class DatasetError(Exception):
+    """A data folder that cannot be used (missing, empty, wrong layout); the message says why."""
+
+
+@dataclass(frozen=True)
+class TestItem:
+    path: Path
+    label: str                 # "good" or the defect type
+    mask: Path | None = None   # ground-truth mask, where the set has one
+
+    @property
+    def is_defect(self) -> bool:
+        return self.label != GOOD
+
+
+@dataclass
+class MVTecSet:
+    root: Path
+    train_good: list[Path]
+    train_defect: list[tuple[Path, str]]
+    test: list[TestItem] = field(default_factory=list)
+
+    @property
+    def has_masks(self) -> bool:
+        return any(item.mask is not None for item in self.test)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files below ``folder``, recursively, in a stable sorted order."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+
+
+def discover(root: str | Path, *, need_test: bool = False) -> MVTecSet:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data folder not found: {root}")
+    good_dir = root / "train" / GOOD
+    train_good = list_images(good_dir)
+    if not train_good:
+        raise DatasetError(f"no training images: {good_dir} is missing or holds no image files")
+    defect_root = root / "train" / "defect"
+    train_defect = [(p, p.relative_to(defect_root).parts[0]) for p in list_images(defect_root)
+                    if len(p.relative_to(defect_root).parts) > 1]
+    test: list[TestItem] = []
+    test_root = root / "test"
+    if test_root.is_dir():
+        for type_dir in sorted(d for d in test_root.iterdir() if d.is_dir()):
+            for p in list_images(type_dir):
+                mask = None
+                if type_dir.name != GOOD:
+                    candidate = root / "ground_truth" / type_dir.name / f"{p.stem}_mask.png"
+                    mask = candidate if candidate.is_file() else None
+                test.append(TestItem(p, type_dir.name, mask))
+    if need_test and (not any(t.is_defect for t in test) or all(t.is_defect for t in test)):
+        raise DatasetError(f"{test_root} needs both good and defective images to measure detection")
+    return MVTecSet(root, train_good, train_defect, test)
+
+
+@dataclass
+class LoadedTiles:
+    tiles: np.ndarray                  # (N, S, S, C) uint8
+    paths: list[Path]                  # the files that were read, in the order of ``tiles``
+    shapes: list[tuple[int, int]]      # original (H, W) of each image
+    errors: list[tuple[Path, str]]     # files skipped, with the reason
+
+
+def default_workers() -> int:
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+def load_tiles(paths: Sequence[Path], *, size: int, channels: int,
+               progress: Callable[[int, int], None] | None = None,
+               workers: int | None = None) -> LoadedTiles:
+    """Decode and resize images in a thread pool (OpenCV releases the GIL); skip unreadable ones.
+
+    Every skipped file is logged with its reason and returned in ``errors``.
+    """
+    def load(path: Path):
+        img = read_image(path)
+        return fit_tile(img, size, channels), img.shape[:2]
+
+    tiles, kept, shapes, errors = [], [], [], []
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        futures = [pool.submit(load, p) for p in paths]
+        for i, (path, fut) in enumerate(zip(paths, futures, strict=True)):
+            try:
+                tile, shape = fut.result()
+            except ImageReadError as exc:
+                errors.append((path, str(exc).removeprefix(f"{path}: ")))
+                log.warning("skipped unreadable image %s", exc)
+            else:
+                tiles.append(tile)
+                kept.append(path)
+                shapes.append(shape)
+            if progress:
+                progress(i + 1, len(paths))
+    if errors:
+        log.warning("%d of %d images could not be read and were skipped", len(errors), len(paths))
+    arr = np.stack(tiles) if tiles else np.zeros((0, size, size, channels), np.uint8)
+    return LoadedTiles(arr, kept, shapes, errors)
+
+
+def detect_channels(paths: Sequence[Path], sample: int = 16) -> int:
+    """1 when the sampled images are all grey (grey files or colour files with equal channels)."""
+    step = max(1, len(paths) // sample)
+    for p in list(paths)[::step][:sample]:
+        try:
+            if not is_grey(read_image(p)):
+                return 3
+        except ImageReadError:
+            continue
+    return 1
+
+
+def split_holdout(paths: Sequence[Path], fraction: float, rng: np.random.Generator,
+                  minimum: int = 8) -> tuple[list[Path], list[Path]]:
+    """Split (train, held-out) with ``fraction`` held out (at least ``minimum``, at most half)."""
+    n = len(paths)
+    n_hold = min(max(int(round(n * fraction)), minimum), n // 2)
+    if n_hold < 1:
+        raise DatasetError(f"need at least 2 good training images to hold one out for calibration, got {n}")
+    order = rng.permutation(n)
+    hold = sorted(order[:n_hold])
+    train = sorted(order[n_hold:])
+    return [paths[i] for i in train], [paths[i] for i in hold]
+
+
+def defects_for_fraction(pool: Sequence[tuple[Path, str]], n_good: int, fraction: float,
+                         rng: np.random.Generator) -> list[Path]:
+    """Draw a labelled defects so that a / (n_good + a) = ``fraction`` (the AGAD paper's ratio)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"anomaly fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return []
+    want = max(1, int(round(fraction * n_good / (1.0 - fraction))))
+    if want > len(pool):
+        log.warning("asked for %d labelled defects, the pool has %d: using all of them", want, len(pool))
+        want = len(pool)
+    if want == 0:
+        return []
+    idx = rng.choice(len(pool), size=want, replace=False)
+    return [pool[i][0] for i in sorted(idx)]

@@ -1,0 +1,45 @@
+"""Scoring tiles with a detector in batches, on the detector's device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models import Detector
+
+from .progress import Progress, ProgressCallback
+from .tensors import to_tensor
+
+
+@dataclass
+class TileScores:
+    scores: np.ndarray               # (N,) raw scores
+    maps: np.ndarray | None          # (N, S, S) difference maps, or None
+    embeddings: np.ndarray | None    # (N, l) for an embedding method, or None
+
+
+def score_tiles(detector: Detector, tiles: np.ndarray, *, batch_size: int = 64, with_maps: bool = True,
+                progress: ProgressCallback | None = None) -> TileScores:
+    """Raw scores (and maps, embeddings) for uint8 tiles (N, S, S, C)."""
+    device = detector.device
+    scores, maps, embs = [], [], []
+    pin = device.type == "cuda"
+    for start in range(0, len(tiles), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(tiles[start:start + batch_size]))
+        if pin:
+            chunk = chunk.pin_memory()
+        out = detector.infer(to_tensor(chunk, device))
+        scores.append(out.scores.float().cpu().numpy())
+        if with_maps and out.maps is not None:
+            maps.append(out.maps[:, 0].float().cpu().numpy())
+        if out.embeddings is not None:
+            embs.append(out.embeddings.float().cpu().numpy())
+        if progress is not None:
+            progress(Progress("score", min(start + batch_size, len(tiles)), len(tiles)))
+    return TileScores(
+        scores=np.concatenate(scores) if scores else np.zeros(0, np.float32),
+        maps=np.concatenate(maps) if maps else None,
+        embeddings=np.concatenate(embs) if embs else None,
+    )

@@ -1,0 +1,228 @@
+"""The one training engine every detection method goes through.
+
+The engine owns what is common to all methods: seeding, the device, drawing batches, the epoch /
+step loop, progress with an ETA, cancel, a time budget and checkpoints.  A method only supplies
+its ``training_step`` (see ``models.base.Detector``).
+
+Reproducibility: every epoch re-seeds torch and numpy from (seed, epoch), so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import Detector, TrainBatch
+
+from .progress import Progress, ProgressCallback
+from .tensors import to_tensor
+
+log = logging.getLogger(__name__)
+
+
+class TrainingCancelled(Exception):
+    """Raised when the caller's cancel check answers yes; nothing has been saved as a model."""
+
+
+class DeviceError(Exception):
+    """The requested device does not exist on this machine."""
+
+
+def resolve_device(spec: str | None = "auto") -> torch.device:
+    """'auto' = the first CUDA GPU when there is one, else the CPU; 'cpu', 'cuda', 'cuda:N'."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise DeviceError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError("no CUDA GPU is available on this machine; use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"{spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type != "cpu":
+        raise DeviceError(f"unsupported device {spec!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % 2**63
+
+
+@dataclass
+class TrainingData:
+    """Training tiles as uint8 (N, S, S, C) arrays.
+
+    ``labelled`` are real defects, ``pseudo`` synthetic pseudo-anomalies; a method that uses
+    anomalies gets batches drawn from both, a share ``labelled_share`` from the real ones (all of
+    them from whichever pool is not empty when only one is).
+    """
+
+    normal: np.ndarray
+    labelled: np.ndarray | None = None
+    pseudo: np.ndarray | None = None
+    labelled_share: float = 0.5
+
+    @property
+    def n_labelled(self) -> int:
+        return 0 if self.labelled is None else len(self.labelled)
+
+    @property
+    def n_pseudo(self) -> int:
+        return 0 if self.pseudo is None else len(self.pseudo)
+
+
+class _BatchSampler:
+    """Draws batches from the training data kept on the device as uint8 (no copy per step)."""
+
+    def __init__(self, data: TrainingData, device: torch.device, uses_anomalies: bool, flips: bool) -> None:
+        def put(arr):
+            return None if arr is None or len(arr) == 0 else torch.from_numpy(arr).to(device)
+
+        self.device = device
+        self.flips = flips
+        self.normal = put(data.normal)
+        self.labelled = put(data.labelled) if uses_anomalies else None
+        self.pseudo = put(data.pseudo) if uses_anomalies else None
+        self.share = data.labelled_share if self.pseudo is not None else 1.0
+        if uses_anomalies and self.labelled is None and self.pseudo is None:
+            raise ValueError("this method learns from anomalies: give labelled defects or pseudo-anomalies")
+
+    def _draw(self, pool: torch.Tensor, n: int) -> torch.Tensor:
+        idx = torch.randint(len(pool), (n,), device=self.device)
+        x = to_tensor(pool[idx], self.device)
+        if self.flips:  # random horizontal and vertical mirror images, per sample
+            for dim in (2, 3):
+                flip = torch.rand(n, device=self.device).lt(0.5).view(-1, 1, 1, 1)
+                x = torch.where(flip, x.flip(dim), x)
+        return x
+
+    def __call__(self, batch_size: int) -> TrainBatch:
+        normal = self._draw(self.normal, batch_size)
+        if self.labelled is None and self.pseudo is None:
+            return TrainBatch(normal)
+        n_real = 0
+        if self.labelled is not None:
+            n_real = batch_size if self.pseudo is None else int(torch.rand(batch_size).lt(self.share).sum())
+        parts, real = [], []
+        if n_real:
+            parts.append(self._draw(self.labelled, n_real))
+            real.append(torch.ones(n_real, dtype=torch.bool))
+        if batch_size - n_real:
+            parts.append(self._draw(self.pseudo, batch_size - n_real))
+            real.append(torch.zeros(batch_size - n_real, dtype=torch.bool))
+        return TrainBatch(normal, torch.cat(parts), torch.cat(real).to(self.device))
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    seed: int = 0
+    #: Mirror samples at random: surfaces and round parts look as normal mirrored as not.
+    flips: bool = True
+    time_budget_s: float | None = None
+    checkpoint_path: Path | None = None
+    resume: bool = False
+
+
+@dataclass
+class TrainReport:
+    epochs_done: int
+    steps_done: int
+    seconds: float
+    stopped_by: str                          # "completed" or "time budget"
+    resumed_from_epoch: int = 0
+    last_losses: dict[str, float] = field(default_factory=dict)
+
+
+def _save_checkpoint(path: Path, detector: Detector, epoch: int, steps: int, seconds: float) -> None:
+    """Model and optimiser state after ``epoch``; written aside and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save({"epoch": epoch, "steps": steps, "seconds": seconds,
+                "model": detector.state_dict(), "optimizers": detector.optimizer_state()}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, detector: Detector) -> tuple[int, int, float]:
+    state = torch.load(path, map_location=detector.device, weights_only=True)
+    detector.load_state_dict(state["model"])
+    detector.load_optimizer_state(state["optimizers"])
+    return int(state["epoch"]), int(state["steps"]), float(state["seconds"])
+
+
+def train(detector: Detector, data: TrainingData, config: TrainConfig, *,
+          progress: ProgressCallback | None = None,
+          should_cancel: Callable[[], bool] | None = None) -> TrainReport:
+    """Train ``detector`` (already on its device) in place.
+
+    Stops when the epochs are done or the time budget is spent (between steps); raises
+    ``TrainingCancelled`` when ``should_cancel`` answers True.  With a ``checkpoint_path`` the
+    state is saved after every epoch, and ``resume`` continues from the file if it is there.
+    """
+    device = detector.device
+    sampler = _BatchSampler(data, device, detector.uses_anomalies, config.flips)
+    detector.make_optimizers()
+    start_epoch, steps_done, seconds_before = 0, 0, 0.0
+    ckpt = config.checkpoint_path
+    if ckpt is not None and config.resume and ckpt.exists():
+        start_epoch, steps_done, seconds_before = _load_checkpoint(ckpt, detector)
+        log.info("resumed from %s after epoch %d", ckpt, start_epoch)
+    total_steps = config.epochs * config.steps_per_epoch
+    t0 = time.perf_counter()
+    losses: dict[str, float] = {}
+    stopped_by = "completed"
+    epoch = start_epoch
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        torch.manual_seed(_epoch_seed(config.seed, epoch))
+        detector.train()
+        for step in range(1, config.steps_per_epoch + 1):
+            if should_cancel is not None and should_cancel():
+                raise TrainingCancelled(f"training cancelled in epoch {epoch}, step {step}")
+            losses = detector.training_step(sampler(config.batch_size), epoch=epoch, epochs=config.epochs)
+            steps_done += 1
+            elapsed = time.perf_counter() - t0
+            if progress is not None:
+                done_here = steps_done - start_epoch * config.steps_per_epoch
+                eta = elapsed / done_here * (total_steps - steps_done)
+                if config.time_budget_s is not None:
+                    eta = min(eta, max(0.0, config.time_budget_s - seconds_before - elapsed))
+                progress(Progress("train", steps_done, total_steps, eta_s=eta,
+                                  info={"epoch": epoch, **losses}))
+            if config.time_budget_s is not None and seconds_before + elapsed >= config.time_budget_s:
+                stopped_by = "time budget"
+                break
+        losses.update(detector.after_epoch(epoch, config.epochs))
+        if ckpt is not None:
+            _save_checkpoint(ckpt, detector, epoch, steps_done, seconds_before + time.perf_counter() - t0)
+        if stopped_by != "completed":
+            log.warning("time budget of %.0f s spent after %d of %d steps",
+                        config.time_budget_s, steps_done, total_steps)
+            break
+    return TrainReport(epochs_done=epoch, steps_done=steps_done,
+                       seconds=seconds_before + time.perf_counter() - t0, stopped_by=stopped_by,
+                       resumed_from_epoch=start_epoch, last_losses=losses)
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed torch for model initialisation and return the numpy generator for data choices."""
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)

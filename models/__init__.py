@@ -1,0 +1,19 @@
+"""The anomaly detectors: torch only, no Qt, no OpenCV, nothing from the application.
+
+Importing this package registers every method; ask ``models.base`` for them by name.
+"""
+
+from . import ae, eidn  # noqa: F401  (each module registers its method)
+from .base import (
+                   Detector,
+                   Inference,
+                   TrainBatch,
+                   TrainingDefaults,
+                   UnknownMethodError,
+                   create,
+                   get_method,
+                   method_names,
+)
+
+__all__ = ["Detector", "Inference", "TrainBatch", "TrainingDefaults", "UnknownMethodError",
+           "create", "get_method", "method_names"]

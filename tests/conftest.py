@@ -1,0 +1,61 @@
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("INSPECTOR_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"the real test data must be beside the repo: {SHARED_DATA}"
+    return SHARED_DATA
+
+
+def texture(rng: np.random.Generator, size: int = 48) -> np.ndarray:
+    """A smooth, slightly noisy grey-brown surface (uint8 BGR)."""
+    base = rng.normal(128, 6, (size // 4, size // 4, 1)).astype(np.float32)
+    img = cv2.resize(base, (size, size), interpolation=cv2.INTER_CUBIC)[:, :, None]
+    img = img + rng.normal(0, 3, (size, size, 1))
+    img = np.concatenate([img * 0.8, img * 0.9, img], axis=2)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def with_defect(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A dark blob painted on ``img``; returns (image, mask)."""
+    out = img.copy()
+    mask = np.zeros(img.shape[:2], np.uint8)
+    c = tuple(int(v) for v in rng.integers(12, img.shape[0] - 12, 2))
+    cv2.circle(mask, c, int(rng.integers(5, 9)), 255, -1)
+    out[mask > 0] = (out[mask > 0] * 0.25).astype(np.uint8)
+    return out, mask
+
+
+def write_mvtec(root: Path, *, n_train=40, n_pool=10, n_test_good=12, n_test_bad=12, seed=0) -> Path:
+    """A generated data set in the MVTec AD layout: textures, with dark blobs as defects."""
+    rng = np.random.default_rng(seed)
+    dirs = {k: root / k for k in ("train/good", "train/defect/blob", "test/good", "test/blob", "ground_truth/blob")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    for i in range(n_train):
+        cv2.imwrite(str(dirs["train/good"] / f"{i:03d}.png"), texture(rng))
+    for i in range(n_pool):
+        cv2.imwrite(str(dirs["train/defect/blob"] / f"{i:03d}.png"), with_defect(texture(rng), rng)[0])
+    for i in range(n_test_good):
+        cv2.imwrite(str(dirs["test/good"] / f"{i:03d}.png"), texture(rng))
+    for i in range(n_test_bad):
+        img, mask = with_defect(texture(rng), rng)
+        cv2.imwrite(str(dirs["test/blob"] / f"{i:03d}.png"), img)
+        cv2.imwrite(str(dirs["ground_truth/blob"] / f"{i:03d}_mask.png"), mask)
+    return root
+
+
+@pytest.fixture
+def tiny_mvtec(tmp_path: Path) -> Path:
+    return write_mvtec(tmp_path / "tiny")

@@ -1,0 +1,104 @@
+"""The command line end to end: bench on real data, train -> eval, and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from inspector.cli import main
+
+FAST = ["--epochs", "2", "--steps-per-epoch", "15", "--size", "32"]
+
+
+def real_slice(src: Path, dst: Path, counts: dict[str, int]) -> Path:
+    """A small MVTec-layout set of symlinks into a real set (the data is never copied)."""
+    for rel, n in counts.items():
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for f in sorted((src / rel).iterdir())[:n]:
+            (dst / rel / f.name).symlink_to(f)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def brick_slice(shared_data, tmp_path_factory):
+    return real_slice(shared_data / "brickwork_crack", tmp_path_factory.mktemp("brick"),
+                      {"train/good": 80, "train/defect/crack": 30, "test/good": 30, "test/crack": 30})
+
+
+def test_bench_on_real_data_separates_defects_better_than_chance(brick_slice, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--data", str(brick_slice), "--method", "eidn", "--anomaly-fraction", "0.2",
+               "--json", str(out), *FAST])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    for key in ("method", "data", "size", "anomaly_fraction", "n_train_good", "n_train_defect", "n_test_good",
+                "n_test_defect", "image_auroc", "pixel_auroc", "threshold", "false_alarm_rate", "recall",
+                "train_seconds", "score_ms_per_image", "device", "seed"):
+        assert key in result, key
+    assert result["n_test_good"] == 30 and result["n_test_defect"] == 30
+    assert result["n_train_defect"] == 18          # 18 / (72 + 18) = 0.2; 8 of the 80 goods calibrate
+    assert result["pixel_auroc"] is None             # EIDN has no difference map, the set no masks
+    assert result["image_auroc"] > 0.7
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"image_auroc={result['image_auroc']:.4f} pixel_auroc=none train_seconds=")
+    assert "score_ms_per_image=" in last
+
+
+def test_bench_reports_pixel_auroc_where_masks_exist(tiny_mvtec, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--data", str(tiny_mvtec), "--method", "ae", "--json", str(out), *FAST]) == 0
+    result = json.loads(out.read_text())
+    assert 0.0 <= result["pixel_auroc"] <= 1.0
+    assert result["n_train_defect"] == 0             # the AE learns from goods only
+
+
+def test_train_then_eval(tiny_mvtec, tmp_path, capsys):
+    model = tmp_path / "models" / "m.safetensors"
+    assert main(["train", "--data", str(tiny_mvtec), "--method", "eidn", "--out", str(model), *FAST]) == 0
+    assert model.is_file() and not list(model.parent.glob("*.ckpt")) and not list(model.parent.glob("*partial"))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(model), "--data", str(tiny_mvtec), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["method"] == "eidn" and result["n_test_defect"] == 12
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("image_auroc=")
+
+
+def test_missing_training_images_exit_2_and_write_nothing(tmp_path, capsys):
+    (tmp_path / "set" / "train" / "good").mkdir(parents=True)
+    model = tmp_path / "m.safetensors"
+    rc = main(["train", "--data", str(tmp_path / "set"), "--method", "ae", "--out", str(model)])
+    assert rc == 2
+    assert "no training images" in capsys.readouterr().err
+    assert not model.exists() and not list(tmp_path.glob("m.*"))
+
+
+def test_unknown_method_lists_the_methods(tiny_mvtec, capsys):
+    assert main(["bench", "--data", str(tiny_mvtec), "--method", "nope"]) == 2
+    assert "available methods: ae, eidn" in capsys.readouterr().err
+
+
+def test_corrupt_training_images_are_skipped_with_a_warning(tiny_mvtec, tmp_path, caplog):
+    (tiny_mvtec / "train" / "good" / "zero.jpg").write_bytes(b"")
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(tiny_mvtec), "--method", "ae", "--out", str(model), *FAST]) == 0
+    assert "zero.jpg: empty file" in caplog.text
+    assert main(["models", "--show", str(model)]) == 0
+
+
+def test_bad_model_file_exit_2(tmp_path, tiny_mvtec, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("nonsense")
+    assert main(["eval", "--model", str(bad), "--data", str(tiny_mvtec)]) == 2
+    assert "not an Inspector model file" in capsys.readouterr().err
+
+
+def test_cancelled_training_writes_no_model(tiny_mvtec, tmp_path, monkeypatch, capsys):
+    import inspector.jobs as jobs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs, "train", interrupted)
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(tiny_mvtec), "--method", "ae", "--out", str(model)]) == 130
+    assert not model.exists()

@@ -1,0 +1,105 @@
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from inspector.datasets import DatasetError, defects_for_fraction, detect_channels, discover, load_tiles, split_holdout
+from inspector.images import ImageReadError, read_image, read_mask
+from inspector.pseudo_anomalies import KINDS, make_pseudo_anomalies
+
+
+def test_read_image_normalises_odd_formats(tmp_path):
+    grey = np.full((10, 12), 100, np.uint8)
+    cv2.imwrite(str(tmp_path / "grey.png"), grey)
+    cv2.imwrite(str(tmp_path / "deep.png"), np.full((10, 12), 40000, np.uint16))
+    cv2.imwrite(str(tmp_path / "alpha.png"), np.full((10, 12, 4), 50, np.uint8))
+    for name, value in [("grey.png", 100), ("deep.png", 40000 >> 8), ("alpha.png", 50)]:
+        img = read_image(tmp_path / name)
+        assert img.shape == (10, 12, 3) and img.dtype == np.uint8
+        assert (img == value).all()
+
+
+def test_read_image_errors_name_the_file_and_reason(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ImageReadError, match="empty.jpg: empty file"):
+        read_image(tmp_path / "empty.jpg")
+    with pytest.raises(ImageReadError, match="text.png: not a decodable image"):
+        read_image(tmp_path / "text.png")
+    with pytest.raises(ImageReadError, match="missing.png: cannot read"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_mask_is_binarised_above_127(tmp_path):
+    cv2.imwrite(str(tmp_path / "m.png"), np.array([[0, 127, 128, 255]], np.uint8))
+    assert read_mask(tmp_path / "m.png").tolist() == [[False, False, True, True]]
+
+
+def test_discover_reads_the_mvtec_layout(tiny_mvtec):
+    ds = discover(tiny_mvtec, need_test=True)
+    assert len(ds.train_good) == 40
+    assert len(ds.train_defect) == 10 and {t for _, t in ds.train_defect} == {"blob"}
+    assert sum(t.is_defect for t in ds.test) == 12
+    assert all(t.mask is not None for t in ds.test if t.is_defect)
+    assert all(t.mask is None for t in ds.test if not t.is_defect)
+
+
+def test_discover_rejects_missing_or_empty_training_folder(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        discover(tmp_path / "nope")
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no training images"):
+        discover(tmp_path)
+
+
+def test_unreadable_images_are_skipped_named_and_counted(tiny_mvtec, caplog):
+    bad = tiny_mvtec / "train" / "good" / "broken.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    paths = discover(tiny_mvtec).train_good
+    with caplog.at_level(logging.WARNING):
+        loaded = load_tiles(paths, size=32, channels=3)
+    assert len(loaded.tiles) == len(paths) - 1
+    assert [p for p, _ in loaded.errors] == [bad]
+    assert "broken.png" in caplog.text and "1 of 41 images" in caplog.text
+
+
+def test_channels_are_detected(tiny_mvtec, tmp_path):
+    assert detect_channels(discover(tiny_mvtec).train_good) == 3
+    grey = tmp_path / "g.png"
+    cv2.imwrite(str(grey), np.full((8, 8), 7, np.uint8))
+    assert detect_channels([grey]) == 1
+
+
+def test_anomaly_fraction_follows_a_over_n_plus_a():
+    pool = [(f"d{i}", "t") for i in range(100)]
+    rng = np.random.default_rng(0)
+    assert defects_for_fraction(pool, 190, 0.05, rng).__len__() == 10   # 10 / (190 + 10) = 0.05
+    assert defects_for_fraction(pool, 190, 0.0, rng) == []
+    assert len(defects_for_fraction(pool, 10_000, 0.5, rng)) == 100    # capped by the pool
+
+
+def test_holdout_split_is_disjoint_and_seeded():
+    paths = [f"p{i}" for i in range(100)]
+    a = split_holdout(paths, 0.1, np.random.default_rng(3))
+    b = split_holdout(paths, 0.1, np.random.default_rng(3))
+    assert a == b
+    train, hold = a
+    assert len(hold) == 10 and not set(train) & set(hold) and len(train) + len(hold) == 100
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_pseudo_anomaly_kind_changes_the_tile(kind):
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(100, 140, (4, 64, 64, 3), dtype=np.uint8)
+    out = make_pseudo_anomalies(tiles, 20, rng, kinds=(kind,))
+    assert out.shape == (20, 64, 64, 3) and out.dtype == np.uint8
+    changed = [not any(np.array_equal(o, t) for t in tiles) for o in out]
+    assert sum(changed) >= 18
+
+
+def test_pseudo_anomalies_are_reproducible():
+    tiles = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 1), dtype=np.uint8)
+    a = make_pseudo_anomalies(tiles, 10, np.random.default_rng(5))
+    b = make_pseudo_anomalies(tiles, 10, np.random.default_rng(5))
+    assert np.array_equal(a, b)
