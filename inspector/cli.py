@@ -64,6 +64,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _hparam(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError("expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     import models
 
@@ -79,8 +89,11 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive_int, help="training epochs (default: the method's own)")
     p.add_argument("--steps-per-epoch", type=_positive_int, help="steps per epoch (default: the method's own)")
     p.add_argument("--batch-size", type=_positive_int, help="samples per step (default: the method's own)")
+    p.add_argument("--flips", action="store_true", help="augment training samples with random mirror images")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop training after this many seconds and keep what was learned")
+    p.add_argument("--set", type=_hparam, action="append", default=[], metavar="KEY=VALUE", dest="hparams",
+                   help="a method hyper-parameter, e.g. --set embedding_dim=8 (repeatable; see 'models')")
     p.add_argument("--false-alarm-rate", type=_fraction, default=0.01,
                    help="calibrate the threshold to this false-alarm rate on held-out goods (default 0.01)")
 
@@ -119,7 +132,7 @@ def _options(args: argparse.Namespace):
     return TrainOptions(data=args.data, method=args.method, anomaly_fraction=args.anomaly_fraction,
                         size=args.size, seed=args.seed, device=args.device, epochs=args.epochs,
                         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                        time_budget_s=args.time_budget,
+                        flips=args.flips, time_budget_s=args.time_budget, hparams=dict(args.hparams),
                         false_alarm_rate=args.false_alarm_rate)
 
 
@@ -147,6 +160,16 @@ def _summary(result: dict[str, Any]) -> list[str]:
     lines.append(f"threshold={result['threshold']:.6g} false_alarm_rate={_fmt(result['false_alarm_rate'], 3)} "
                  f"recall={_fmt(result['recall'], 3)}")
     return lines
+
+
+def _report(result: dict[str, Any], json_path: Path | None) -> int:
+    """Write the JSON, print a summary and the contract's last line (train_seconds for a bench)."""
+    _write_json(json_path, result)
+    print("\n".join(_summary(result)))
+    train = f" train_seconds={result['train_seconds']:.1f}" if "train_seconds" in result else ""
+    print(f"image_auroc={result['image_auroc']:.4f} pixel_auroc={_fmt(result['pixel_auroc'])}{train} "
+          f"score_ms_per_image={result['score_ms_per_image']:.3f}")
+    return EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -178,27 +201,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = {"model": str(args.model), "method": meta["method"], "data": str(args.data),
               "device": device_name(device)}
     result |= evaluate(detector, calibration_of(meta), discover(args.data, need_test=True), progress=ProgressBar())
-    _write_json(args.json, result)
-    print("\n".join(_summary(result)))
-    print(f"image_auroc={result['image_auroc']:.4f} pixel_auroc={_fmt(result['pixel_auroc'])} "
-          f"score_ms_per_image={result['score_ms_per_image']:.3f}")
-    return EXIT_OK
+    return _report(result, args.json)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .jobs import bench
 
     _, result = bench(_options(args), progress=ProgressBar())
-    _write_json(args.json, result)
-    print("\n".join(_summary(result)))
-    print(f"image_auroc={result['image_auroc']:.4f} pixel_auroc={_fmt(result['pixel_auroc'])} "
-          f"train_seconds={result['train_seconds']:.1f} score_ms_per_image={result['score_ms_per_image']:.3f}")
-    return EXIT_OK
+    return _report(result, args.json)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     import models
 
+    from .jobs import method_hparams
     from .modelfile import read_metadata
 
     if args.show:
@@ -207,7 +223,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in models.method_names():
         cls = models.get_method(name)
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        d = cls.defaults
         print(f"{name:<6} {doc}")
+        print(f"       training: size={d.size} epochs={d.epochs} steps_per_epoch={d.steps_per_epoch} "
+              f"batch_size={d.batch_size}; learns from anomalies: {'yes' if cls.uses_anomalies else 'no'}")
+        print("       settings (--set): " + " ".join(f"{k}={v}" for k, v in method_hparams(cls).items()))
     return EXIT_OK
 
 
@@ -227,12 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     import models
 
     from .datasets import DatasetError
+    from .jobs import OptionError
     from .modelfile import ModelFileError
     from .training import DeviceError, TrainingCancelled
 
     try:
         return COMMANDS[args.command](args)
-    except (DatasetError, ModelFileError, DeviceError, models.UnknownMethodError) as exc:
+    except (DatasetError, ModelFileError, DeviceError, OptionError, models.UnknownMethodError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, TrainingCancelled):

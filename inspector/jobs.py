@@ -7,6 +7,7 @@ bench: train then evaluate, with the figures the README tables are made of.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -38,6 +39,27 @@ HOLDOUT_FRACTION = 0.1
 PSEUDO_POOL = 3000
 
 
+class OptionError(ValueError):
+    """A training option that the chosen method does not accept; the message says which ones it does."""
+
+
+def method_hparams(cls: type[Detector]) -> dict[str, Any]:
+    """The method's hyper-parameters and their defaults (the paper's values)."""
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and name not in ("size", "channels")}
+
+
+def build_detector(cls: type[Detector], size: int, channels: int, hparams: dict[str, Any]) -> Detector:
+    unknown = set(hparams) - set(method_hparams(cls))
+    if unknown:
+        raise OptionError(f"method {cls.method!r} has no setting {', '.join(sorted(unknown))}; "
+                          f"its settings: {', '.join(f'{k}={v}' for k, v in method_hparams(cls).items())}")
+    try:
+        return cls(size=size, channels=channels, **hparams)
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"method {cls.method!r}: {exc}") from exc
+
+
 @dataclass
 class TrainOptions:
     data: Path
@@ -49,6 +71,7 @@ class TrainOptions:
     epochs: int | None = None
     steps_per_epoch: int | None = None
     batch_size: int | None = None
+    flips: bool = False
     time_budget_s: float | None = None
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
     checkpoint_path: Path | None = None
@@ -79,6 +102,7 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
     rng = seed_everything(opts.seed)
     size = opts.size or cls.defaults.size
     channels = detect_channels(dataset.train_good)
+    detector = build_detector(cls, size, channels, opts.hparams).to(device)
 
     train_paths, holdout_paths = split_holdout(dataset.train_good, HOLDOUT_FRACTION, rng)
     defect_paths: list[Path] = []
@@ -95,10 +119,9 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
     pseudo = make_pseudo_anomalies(normal.tiles, PSEUDO_POOL, rng) if cls.uses_anomalies else None
     data = TrainingData(normal.tiles, labelled.tiles if labelled else None, pseudo)
 
-    detector = cls(size=size, channels=channels, **opts.hparams).to(device)
     d = cls.defaults
     config = TrainConfig(epochs=opts.epochs or d.epochs, steps_per_epoch=opts.steps_per_epoch or d.steps_per_epoch,
-                         batch_size=opts.batch_size or d.batch_size, seed=opts.seed,
+                         batch_size=opts.batch_size or d.batch_size, seed=opts.seed, flips=opts.flips,
                          time_budget_s=opts.time_budget_s, checkpoint_path=opts.checkpoint_path,
                          resume=opts.resume)
     report = train(detector, data, config, progress=progress, should_cancel=should_cancel)
@@ -112,6 +135,7 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
         "n_train_good": len(normal.tiles), "n_train_defect": data.n_labelled, "n_pseudo_anomalies": data.n_pseudo,
         "n_calibration_good": len(holdout.tiles), "skipped_files": [f"{p}: {why}" for p, why in skipped],
         "epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch, "batch_size": config.batch_size,
+        "flips": config.flips,
         "epochs_done": report.epochs_done, "steps_done": report.steps_done, "stopped_by": report.stopped_by,
         "seconds": round(report.seconds, 2), "final_losses": report.last_losses,
     }
@@ -137,10 +161,10 @@ def evaluate(detector: Detector, calibration: Calibration, dataset: MVTecSet, *,
     score_seconds = time.perf_counter() - t0
     scores = out.scores
 
-    per_type = {label: auroc(np.r_[np.zeros((~is_defect).sum()), np.ones(m.sum())],
-                             np.r_[scores[~is_defect], scores[m]])
-                for label in sorted({t.label for t in tested if t.is_defect})
-                for m in [np.array([t.label == label for t in tested])]}
+    per_type = {}
+    for label in sorted({t.label for t in tested if t.is_defect}):
+        goods_and_type = ~is_defect | np.array([t.label == label for t in tested])
+        per_type[label] = auroc(is_defect[goods_and_type], scores[goods_and_type])
     far, recall = rates_at(calibration.threshold, scores[~is_defect], scores[is_defect])
     result = {
         "n_test_good": int((~is_defect).sum()), "n_test_defect": int(is_defect.sum()),

@@ -136,8 +136,9 @@ class TrainConfig:
     steps_per_epoch: int
     batch_size: int
     seed: int = 0
-    #: Mirror samples at random: surfaces and round parts look as normal mirrored as not.
-    flips: bool = True
+    #: Mirror samples at random (horizontal and vertical). Off by default: it measured worse for
+    #: EIDN on magnetic tiles (README, "EIDN settings").
+    flips: bool = False
     time_budget_s: float | None = None
     checkpoint_path: Path | None = None
     resume: bool = False
@@ -187,6 +188,7 @@ def train(detector: Detector, data: TrainingData, config: TrainConfig, *,
         start_epoch, steps_done, seconds_before = _load_checkpoint(ckpt, detector)
         log.info("resumed from %s after epoch %d", ckpt, start_epoch)
     total_steps = config.epochs * config.steps_per_epoch
+    steps_before = steps_done
     t0 = time.perf_counter()
     losses: dict[str, float] = {}
     stopped_by = "completed"
@@ -201,8 +203,7 @@ def train(detector: Detector, data: TrainingData, config: TrainConfig, *,
             steps_done += 1
             elapsed = time.perf_counter() - t0
             if progress is not None:
-                done_here = steps_done - start_epoch * config.steps_per_epoch
-                eta = elapsed / done_here * (total_steps - steps_done)
+                eta = elapsed / (steps_done - steps_before) * max(0, total_steps - steps_done)
                 if config.time_budget_s is not None:
                     eta = min(eta, max(0.0, config.time_budget_s - seconds_before - elapsed))
                 progress(Progress("train", steps_done, total_steps, eta_s=eta,

@@ -21,7 +21,7 @@ class AutoEncoder(Detector):
     defaults = TrainingDefaults(epochs=30, steps_per_epoch=50, batch_size=64, size=64)
 
     def __init__(self, *, size: int = 64, channels: int = 3, latent: int = 128,
-                 base_width: int = 32, lr: float = 1e-3) -> None:
+                 base_width: int = 16, lr: float = 1e-3) -> None:
         super().__init__(size=size, channels=channels)
         self._store_hparams(latent=latent, base_width=base_width, lr=lr)
         self.encoder = Encoder(size=size, channels=channels, latent=latent, base_width=base_width)

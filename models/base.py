@@ -74,8 +74,8 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
 
     def __init__(self, *, size: int, channels: int) -> None:
         super().__init__()
-        if size < 16 or size % 16:
-            raise ValueError(f"input size must be a multiple of 16 and at least 16, got {size}")
+        if size < 16 or size & (size - 1):
+            raise ValueError(f"input size must be a power of two, at least 16 (16, 32, 64, ...), got {size}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (colour), got {channels}")
         self.size = size

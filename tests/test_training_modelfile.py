@@ -145,3 +145,17 @@ def test_newer_format_and_wrong_weights_are_refused(tmp_path):
     rewrite_meta(path, method="nonexistent")
     with pytest.raises(ModelFileError, match="unknown method"):
         load_model(path)
+
+
+def test_flips_mirror_samples_only_when_asked():
+    from inspector.training import _BatchSampler
+
+    tile = np.zeros((1, 8, 8, 1), np.uint8)
+    tile[0, 0, 0] = 255                          # one bright corner pixel
+    torch.manual_seed(0)
+    plain = _BatchSampler(TrainingData(tile), torch.device("cpu"), False, flips=False)(64).normal
+    assert (plain[:, 0, 0, 0] == 1).all()
+    flipped = _BatchSampler(TrainingData(tile), torch.device("cpu"), False, flips=True)(64).normal
+    corners = flipped[:, 0, [0, 0, -1, -1], [0, -1, 0, -1]] == 1
+    assert (corners.sum(dim=1) == 1).all()       # the pixel is in exactly one corner ...
+    assert corners.any(dim=0).all()              # ... and every corner occurs
