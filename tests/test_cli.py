@@ -102,3 +102,20 @@ def test_cancelled_training_writes_no_model(tiny_mvtec, tmp_path, monkeypatch, c
     model = tmp_path / "m.safetensors"
     assert main(["train", "--data", str(tiny_mvtec), "--method", "ae", "--out", str(model)]) == 130
     assert not model.exists()
+
+
+def test_unknown_method_setting_exit_2_and_lists_the_settings(tiny_mvtec, tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    rc = main(["train", "--data", str(tiny_mvtec), "--method", "eidn", "--out", str(model), "--set", "foo=1"])
+    assert rc == 2
+    assert "has no setting foo; its settings: embedding_dim=2" in capsys.readouterr().err
+    assert not model.exists()
+
+
+def test_method_settings_reach_the_network(tiny_mvtec, tmp_path):
+    from inspector.modelfile import read_metadata
+
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(tiny_mvtec), "--method", "eidn", "--out", str(model),
+                 "--set", "embedding_dim=3", *FAST]) == 0
+    assert read_metadata(model)["hparams"]["embedding_dim"] == 3
