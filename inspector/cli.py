@@ -17,6 +17,9 @@ from typing import Any
 from . import __version__
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 2, 130
+DEFAULT_DB = "inspection-results.sqlite"
+#: Tile side for the live benchmark's 1280x720 frames (README, "Pipeline").
+LIVE_TILE = 160
 log = logging.getLogger("inspector")
 
 
@@ -32,17 +35,19 @@ class ProgressBar:
 
     def __call__(self, p) -> None:
         now = time.monotonic()
-        finished = p.done >= p.total
+        finished = p.total > 0 and p.done >= p.total
         if p.stage == self.stage and not finished and now - self.last < self.interval:
             return
         if p.stage != self.stage and self.stage is not None and self.tty:
             self.stream.write("\n")
         self.stage, self.last = p.stage, now
-        frac = p.done / p.total if p.total else 1.0
-        bar = "#" * int(frac * 30)
         eta = f" ETA {int(p.eta_s // 60):d}:{int(p.eta_s % 60):02d}" if p.eta_s is not None and not finished else ""
         extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.info.items())
-        line = f"{p.stage:<10} [{bar:<30}] {p.done}/{p.total}{eta} {extra}".rstrip()
+        if p.total > 0:
+            line = f"{p.stage:<10} [{'#' * int(p.done / p.total * 30):<30}] {p.done}/{p.total}{eta} {extra}"
+        else:
+            line = f"{p.stage:<10} {p.done} {extra}"
+        line = line.rstrip()
         self.stream.write(("\r" + line) if self.tty else line + "\n")
         if finished and self.tty:
             self.stream.write("\n")
@@ -98,6 +103,25 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                    help="calibrate the threshold to this false-alarm rate on held-out goods (default 0.01)")
 
 
+def _roi(text: str) -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected X,Y,WIDTH,HEIGHT in frame pixels") from None
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        raise argparse.ArgumentTypeError("X and Y must be >= 0, WIDTH and HEIGHT > 0")
+    return x, y, w, h
+
+
+def _add_tiling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=_positive_int, metavar="N",
+                   help="cut frames into N x N pixel tiles, each scored (default: each image whole, as one tile)")
+    p.add_argument("--stride", type=_positive_int, metavar="N", help="tile step in pixels (default: the tile size)")
+    p.add_argument("--roi", type=_roi, metavar="X,Y,W,H", help="inspect only this region of each frame")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA GPU if present), cpu, cuda, cuda:N")
+    p.add_argument("--half", action="store_true", help="float16 inference on a CUDA GPU")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inspector", description="Visual anomaly inspection: train, evaluate and benchmark detectors.")
@@ -119,6 +143,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="train, calibrate and score in one run; print the figures")
     _add_training_args(p)
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
+
+    p = sub.add_parser("inspect", help="inspect a folder, image, video file, camera or stream with a model file",
+                       description="Inspect SOURCE: a folder (recursively), an image file, a video file, a camera "
+                                   "index (0, 1, ...) or a stream URL (rtsp://, http://). Every result is recorded "
+                                   "in the results database; anomalous items are saved as overlay images under --out.")
+    p.add_argument("source", metavar="SOURCE", help="folder, image, video file, camera index or URL")
+    p.add_argument("--model", type=Path, required=True, help="model file written by 'train'")
+    p.add_argument("--db", type=Path, default=Path(DEFAULT_DB),
+                   help=f"results database (SQLite; default ./{DEFAULT_DB}); runs are appended")
+    p.add_argument("--out", type=Path, metavar="DIR", help="save overlay images of anomalous items here")
+    p.add_argument("--report", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
+    p.add_argument("--csv", type=Path, metavar="FILE", help="write every item's result as CSV")
+    _add_tiling_args(p)
+    p.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N items")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the last run on this folder in --db, skipping what it already recorded")
+
+    p = sub.add_parser("bench-pipeline", help="measure folder and live throughput and latency of the pipeline")
+    p.add_argument("--model", type=Path, required=True, help="model file written by 'train'")
+    p.add_argument("--folder", type=Path, required=True, help="a folder of images (read recursively)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA GPU if present), cpu, cuda, cuda:N")
+    p.add_argument("--half", action="store_true", help="float16 inference on a CUDA GPU")
+    p.add_argument("--live-tile", type=_positive_int, default=LIVE_TILE,
+                   help=f"tile size for the live 1280x720 frames, in frame pixels (default {LIVE_TILE})")
+    p.add_argument("--live-stride", type=_positive_int, help="tile stride for the live frames (default: the tile)")
+    p.add_argument("--live-seconds", type=float, default=10.0, help="length of the live measurement (default 10)")
+    p.add_argument("--camera-fps", type=float, default=60.0,
+                   help="rate at which the simulated camera offers frames (default 60)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
 
     p = sub.add_parser("models", help="list the detection methods, or show a model file's metadata")
@@ -211,6 +264,77 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return _report(result, args.json)
 
 
+def _source_key(source: str) -> str:
+    """Files and folders by their absolute path (so that --resume finds them from anywhere)."""
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else source
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspection import InspectorSettings, load_inspector, run_inspection, run_settings
+    from .report import write_csv, write_html
+    from .sources import FolderSource, open_source
+    from .store import ResultStore
+
+    settings = InspectorSettings(tile=args.tile, stride=args.stride, roi=args.roi, device=args.device,
+                                 half=args.half)
+    inspector, meta = load_inspector(args.model, settings)
+    source_key, model_key = _source_key(args.source), str(args.model.resolve())
+    with ResultStore(args.db) as store:
+        run_id, skip, already_done = None, set(), 0
+        if args.resume:
+            previous = store.latest_run(source_key)
+            if previous is None:
+                print(f"no earlier run on {source_key} in {args.db}: starting a new run", file=sys.stderr)
+            elif previous.model != model_key:
+                raise InputError(f"the last run on {source_key} used {previous.model}; resume it with that "
+                                 f"model, or start a new run without --resume")
+            else:
+                run_id, skip = previous.id, store.recorded_items(previous.id)
+                already_done = len(skip)
+        source = open_source(source_key, skip=skip, on_status=lambda s: print(f"camera: {s}", file=sys.stderr))
+        if args.resume and not isinstance(source, FolderSource):
+            source.close()
+            raise InputError("--resume continues folder runs only")
+        if run_id is None:
+            run_id = store.start_run(source=source_key, kind="folder" if isinstance(source, FolderSource) else "camera",
+                                     model=model_key, method=meta["method"],
+                                     settings=run_settings(inspector, settings), threshold=inspector.threshold)
+        else:
+            store.reopen_run(run_id)
+            print(f"resuming run {run_id}: {already_done} items already recorded, {source.total} to go",
+                  file=sys.stderr)
+        summary = run_inspection(inspector, source, store, run_id, out_dir=args.out, max_frames=args.max_frames,
+                                 already_done=already_done, progress=ProgressBar())
+        for path, write in ((args.csv, write_csv), (args.report, write_html)):
+            if path is not None:
+                print(f"wrote {write(store, run_id, path)}")
+        counts = store.counts(run_id)
+    print(f"run {run_id} in {args.db}: {summary.status}" + (f", {summary.dropped} frames dropped" if summary.dropped
+                                                              else ""))
+    print(f"items={sum(counts.values())} anomalous={counts['NG']} errors={counts['ERROR']} "
+          f"items_per_second={summary.items_per_second:.2f}")
+    return EXIT_CANCELLED if summary.status == "interrupted" else EXIT_OK
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from .pipeline_bench import LiveSettings, bench_pipeline
+
+    live = LiveSettings(tile=args.live_tile, stride=args.live_stride, seconds=args.live_seconds,
+                        camera_fps=args.camera_fps)
+    result = bench_pipeline(args.model, args.folder, device=args.device, half=args.half, live=live,
+                            progress=ProgressBar())
+    _write_json(args.json, result)
+    for key in ("model", "method", "folder", "n_files", "live_tile", "live_tiles_per_frame", "live_frames",
+                "live_dropped", "overlay_ms"):
+        print(f"{key}={result[key]}")
+    print(f"folder_items_per_s={result['folder_items_per_s']:.2f} "
+          f"decode_only_items_per_s={result['decode_only_items_per_s']:.2f} ratio={result['ratio']:.3f} "
+          f"live_fps={result['live_fps']:.2f} live_latency_p50_ms={result['live_latency_p50_ms']:.1f} "
+          f"live_latency_p95_ms={result['live_latency_p95_ms']:.1f} device={result['device']}")
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import models
 
@@ -231,7 +355,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "models": cmd_models}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "models": cmd_models,
+            "inspect": cmd_inspect, "bench-pipeline": cmd_bench_pipeline}
+
+
+class InputError(Exception):
+    """A combination of options or inputs that cannot work; the message says what to do instead."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,11 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     from .datasets import DatasetError
     from .jobs import OptionError
     from .modelfile import ModelFileError
+    from .sources import SourceError
+    from .store import StoreError
+    from .tiling import TilingError
     from .training import DeviceError, TrainingCancelled
 
     try:
         return COMMANDS[args.command](args)
-    except (DatasetError, ModelFileError, DeviceError, OptionError, models.UnknownMethodError) as exc:
+    except (DatasetError, ModelFileError, DeviceError, OptionError, models.UnknownMethodError, SourceError,
+            StoreError, TilingError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, TrainingCancelled):

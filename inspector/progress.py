@@ -11,7 +11,7 @@ from typing import Any
 class Progress:
     stage: str                 # "load", "train", "score", ...
     done: int
-    total: int
+    total: int                 # 0 when unknown (a live camera)
     eta_s: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
 

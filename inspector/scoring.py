@@ -21,16 +21,21 @@ class TileScores:
 
 
 def score_tiles(detector: Detector, tiles: np.ndarray, *, batch_size: int = 64, with_maps: bool = True,
-                progress: ProgressCallback | None = None) -> TileScores:
-    """Raw scores (and maps, embeddings) for uint8 tiles (N, S, S, C)."""
+                half: bool = False, progress: ProgressCallback | None = None) -> TileScores:
+    """Raw scores (and maps, embeddings) for uint8 tiles (N, S, S, C).
+
+    On a CUDA device the uint8 tiles are pinned and copied without blocking; ``half`` runs the
+    model under float16 autocast there (ignored on the CPU).
+    """
     device = detector.device
     scores, maps, embs = [], [], []
-    pin = device.type == "cuda"
+    cuda = device.type == "cuda"
     for start in range(0, len(tiles), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(tiles[start:start + batch_size]))
-        if pin:
+        if cuda:
             chunk = chunk.pin_memory()
-        out = detector.infer(to_tensor(chunk, device))
+        with torch.autocast("cuda", dtype=torch.float16, enabled=cuda and half):
+            out = detector.infer(to_tensor(chunk, device))
         scores.append(out.scores.float().cpu().numpy())
         if with_maps and out.maps is not None:
             maps.append(out.maps[:, 0].float().cpu().numpy())

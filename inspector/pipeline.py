@@ -1,0 +1,155 @@
+"""From frames to verdicts: tiles -> detector -> frame score, verdict, heat map.
+
+``Inspector`` holds a loaded detector with its stored calibration and the tiling settings.  The
+tiles of one frame, or of several frames in batch mode, go to the detector as one batch on its
+device (CUDA when there is one); the results are split back per frame.  The frame's score is its
+worst tile; its heat map is the tiles' normalised scores stitched at frame resolution (0.5 = the
+threshold), shaped inside each tile by the difference map where the method has one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models import Detector
+
+from .calibration import Calibration
+from .scoring import score_tiles
+from .sources import Frame
+from .tiling import Roi, TileGrid, TilingError, cut_tiles, heat_image, plan_grid, stitch
+
+OK, NG, ERROR = "OK", "NG", "ERROR"
+
+
+@dataclass
+class FrameResult:
+    """What inspecting one frame found.  Scores are raw (the method's units) unless named normalised."""
+
+    item: str
+    index: int
+    timestamp: float                    # when the frame was captured or decoded (time.monotonic)
+    done_at: float                      # when this result was ready (time.monotonic)
+    image: np.ndarray | None            # the frame, uint8 BGR
+    error: str | None = None            # why the frame could not be inspected
+    score: float = float("nan")         # the worst tile's raw score
+    normalised: float = float("nan")    # in (0, 1); 0.5 at the threshold
+    threshold: float = float("nan")     # the raw threshold the verdict was taken against
+    tile_scores: np.ndarray | None = None   # (n,) raw
+    grid: TileGrid | None = None            # where the tiles lie (``grid.boxes``: x0, y0, x1, y1 in the frame)
+    heat_scaled: np.ndarray | None = None   # the stitched heat map of the scaled region (``tiling.stitch``)
+    embeddings: np.ndarray | None = None    # (n, l) for an embedding method (EIDN)
+    _heat: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def heat(self) -> np.ndarray | None:
+        """The heat map at frame resolution, (H, W) float32 in normalised units (0.5 = threshold).
+
+        Made on first use: a folder run that only records thumbnails never needs it.
+        """
+        if self._heat is None and self.heat_scaled is not None:
+            self._heat = heat_image(self.grid, self.heat_scaled)
+        return self._heat
+
+    def heat_at(self, shape: tuple[int, int]) -> np.ndarray | None:
+        """The heat map at another resolution (H, W), e.g. a thumbnail's."""
+        return None if self.heat_scaled is None else heat_image(self.grid, self.heat_scaled, shape)
+
+    @property
+    def verdict(self) -> str:
+        if self.error is not None:
+            return ERROR
+        return NG if self.score > self.threshold else OK
+
+    @property
+    def latency_s(self) -> float:
+        return self.done_at - self.timestamp
+
+    def flagged_boxes(self) -> np.ndarray:
+        """The boxes of the tiles over the threshold."""
+        if self.grid is None or self.tile_scores is None:
+            return np.zeros((0, 4), np.int64)
+        return self.grid.boxes[self.tile_scores > self.threshold]
+
+
+class Inspector:
+    """A detector ready to inspect frames: calibration, tiling, region of interest, precision."""
+
+    def __init__(self, detector: Detector, calibration: Calibration, *, tile: int | None = None,
+                 stride: int | None = None, roi: Roi | None = None, half: bool = False,
+                 max_batch_tiles: int = 256) -> None:
+        self.detector = detector.eval()
+        self.calibration = calibration
+        self.half = half
+        self.max_batch_tiles = max_batch_tiles
+        self._tile, self._stride, self._roi = tile, stride, roi
+        self._grids: dict[tuple[int, int], TileGrid] = {}
+        plan_grid((64, 64), detector.size, tile=tile, stride=stride)  # reject bad settings now
+
+    # -- settings that may change while running (the GUI's threshold slider and ROI tool) ------
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+    def set_threshold(self, raw: float) -> None:
+        """Move the threshold; normalised scores stay 0.5 at it (the calibrated slope is kept)."""
+        self.calibration = dataclasses.replace(self.calibration, threshold=float(raw))
+
+    @property
+    def roi(self) -> Roi | None:
+        return self._roi
+
+    def set_roi(self, roi: Roi | None) -> None:
+        self._roi = roi
+        self._grids = {}
+
+    def grid(self, frame_shape: tuple[int, int]) -> TileGrid:
+        key = tuple(frame_shape[:2])
+        if key not in self._grids:
+            self._grids[key] = plan_grid(key, self.detector.size, tile=self._tile, stride=self._stride,
+                                         roi=self._roi)
+        return self._grids[key]
+
+    # -- inspection -------------------------------------------------------------------------------
+    def inspect(self, frame: Frame) -> FrameResult:
+        return self.inspect_batch([frame])[0]
+
+    def inspect_batch(self, frames: list[Frame]) -> list[FrameResult]:
+        """Inspect frames together: all their tiles form one batch (chunked at ``max_batch_tiles``)."""
+        calibration = self.calibration
+        results: list[FrameResult | None] = [None] * len(frames)
+        grids, tiles, owners = [], [], []
+        for i, frame in enumerate(frames):
+            if frame.image is None:
+                results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), None,
+                                         error=frame.error or "no image", threshold=calibration.threshold)
+                continue
+            try:
+                grid = self.grid(frame.image.shape)
+                tiles.append(cut_tiles(frame.image, grid, self.detector.channels))
+            except TilingError as exc:  # e.g. a region of interest outside this frame
+                results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
+                                         error=str(exc), threshold=calibration.threshold)
+                continue
+            grids.append(grid)
+            owners.append(i)
+        if owners:
+            batch = np.concatenate(tiles)
+            out = score_tiles(self.detector, batch, batch_size=self.max_batch_tiles,
+                              with_maps=self.detector.has_difference_map, half=self.half)
+            bounds = np.cumsum([len(g) for g in grids])[:-1]
+            maps = np.split(out.maps, bounds) if out.maps is not None else [None] * len(owners)
+            embs = np.split(out.embeddings, bounds) if out.embeddings is not None else [None] * len(owners)
+            for i, grid, raw, tile_maps, emb in zip(owners, grids, np.split(out.scores, bounds), maps, embs,
+                                                    strict=True):
+                frame = frames[i]
+                worst = float(raw.max())
+                heat = stitch(grid, calibration.normalise(raw), tile_maps)
+                results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
+                                         score=worst, normalised=float(calibration.normalise(worst)),
+                                         threshold=calibration.threshold, tile_scores=raw, grid=grid,
+                                         heat_scaled=heat, embeddings=emb)
+        return results  # type: ignore[return-value]
