@@ -325,13 +325,13 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     result = bench_pipeline(args.model, args.folder, device=args.device, half=args.half, live=live,
                             progress=ProgressBar())
     _write_json(args.json, result)
-    for key in ("model", "method", "folder", "n_files", "live_tile", "live_tiles_per_frame", "live_frames",
-                "live_dropped", "overlay_ms"):
+    for key in ("model", "method", "folder", "n_files", "device", "live_tile", "live_tiles_per_frame",
+                "live_frames", "live_dropped", "overlay_ms"):
         print(f"{key}={result[key]}")
     print(f"folder_items_per_s={result['folder_items_per_s']:.2f} "
           f"decode_only_items_per_s={result['decode_only_items_per_s']:.2f} ratio={result['ratio']:.3f} "
           f"live_fps={result['live_fps']:.2f} live_latency_p50_ms={result['live_latency_p50_ms']:.1f} "
-          f"live_latency_p95_ms={result['live_latency_p95_ms']:.1f} device={result['device']}")
+          f"live_latency_p95_ms={result['live_latency_p95_ms']:.1f} device={result['device_tag']}")
     return EXIT_OK
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from .datasets import list_images
 from .images import ImageReadError, read_image
@@ -92,6 +93,13 @@ def mosaic_frames(files: list[Path], cell: int, count: int = 8, seed: int = 0) -
     return frames
 
 
+def _device_tag(device: torch.device) -> str:
+    """The device in one word, for the benchmark's last line: cpu, or cuda:<GPU name>."""
+    if device.type == "cuda":
+        return "cuda:" + torch.cuda.get_device_name(device).replace(" ", "_")
+    return "cpu"
+
+
 def _decode_only(files: list[Path]) -> tuple[int, float]:
     t0 = time.perf_counter()
     n = sum(1 for _ in FolderSource(files))
@@ -151,5 +159,6 @@ def bench_pipeline(model: str | Path, folder: str | Path, *, device: str = "auto
         "live_frames": live_run.items, "live_dropped": live_run.dropped, "live_fps": live_run.items_per_second,
         "live_latency_p50_ms": float(np.percentile(timed, 50)), "live_latency_p95_ms": float(np.percentile(timed, 95)),
         "overlay_ms": round(float(np.median(overlay_ms)), 2), "device": device_name(inspector.detector.device),
+        "device_tag": _device_tag(inspector.detector.device),
         "half": half,
     }

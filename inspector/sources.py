@@ -186,7 +186,7 @@ class CameraSource:
                     self._cond.notify_all()
         except Exception as exc:  # a driver error must end the source, never hang the consumer
             log.exception("capture from %s failed", self.name)
-            self._set_status(f"failed: {exc}")
+            self._set_status(f"failed: {type(exc).__name__}: {exc}")
         finally:
             self._cap.release()
             with self._cond:

@@ -132,14 +132,25 @@ def stitch(grid: TileGrid, tile_values: np.ndarray, tile_maps: np.ndarray | None
             return np.full(grid.scaled_shape, values[0], np.float32)
         pixels = np.broadcast_to(values[:, None, None], (n, size, size))
     else:
-        maps = np.asarray(tile_maps, np.float32)
+        maps = smooth_maps(np.asarray(tile_maps, np.float32))
         peak = maps.reshape(n, -1).max(axis=1)
         pixels = values[:, None, None] * maps / np.maximum(peak, 1e-12)[:, None, None]
     scaled = np.zeros(grid.scaled_shape, np.float32)
     np.maximum.at(scaled, _pixel_index(grid), pixels)
-    if tile_maps is not None:
-        scaled = cv2.GaussianBlur(scaled, (0, 0), MAP_SMOOTHING_SIGMA)
     return scaled
+
+
+def smooth_maps(maps: np.ndarray) -> np.ndarray:
+    """Gaussian smoothing of each (S, S) map of (n, S, S) by itself, with no bleeding between tiles.
+
+    The tiles go through OpenCV as the channels of one image (at most 512 at a time).
+    """
+    out = np.empty_like(maps)
+    for start in range(0, len(maps), 512):
+        chunk = np.ascontiguousarray(maps[start:start + 512].transpose(1, 2, 0))
+        blurred = cv2.GaussianBlur(chunk, (0, 0), MAP_SMOOTHING_SIGMA, borderType=cv2.BORDER_REFLECT)
+        out[start:start + 512] = blurred.reshape(chunk.shape).transpose(2, 0, 1)
+    return out
 
 
 def heat_image(grid: TileGrid, scaled: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from models import Detector, Inference, TrainingDefaults
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,3 +61,53 @@ def write_mvtec(root: Path, *, n_train=40, n_pool=10, n_test_good=12, n_test_bad
 @pytest.fixture
 def tiny_mvtec(tmp_path: Path) -> Path:
     return write_mvtec(tmp_path / "tiny")
+
+
+class DarknessDetector(Detector):
+    """A test double with known answers: a tile's score is its mean darkness, its map the darkness."""
+
+    method = "darkness"
+    has_difference_map = True
+    defaults = TrainingDefaults(epochs=1, steps_per_epoch=1, batch_size=1, size=16)
+
+    def __init__(self, *, size: int = 16, channels: int = 3) -> None:
+        super().__init__(size=size, channels=channels)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the module a device
+
+    def make_optimizers(self) -> None:
+        self.optimizers = []
+
+    def training_step(self, batch, *, epoch, epochs):
+        return {}
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> Inference:
+        dark = (1.0 - x.mean(dim=1, keepdim=True)) / 2.0
+        return Inference(scores=dark.mean(dim=(1, 2, 3)), maps=dark)
+
+
+def grey_frame(h: int, w: int, level: int = 200) -> np.ndarray:
+    return np.full((h, w, 3), level, np.uint8)
+
+
+@pytest.fixture
+def darkness_inspector():
+    """An Inspector whose threshold sits between a light tile (score ~0.2) and a dark one."""
+    from inspector.calibration import calibrate
+    from inspector.pipeline import Inspector
+
+    calibration = calibrate(np.array([0.20, 0.21, 0.22, 0.23, 0.30]), false_alarm_rate=0.0)
+    return lambda **kw: Inspector(DarknessDetector(size=16), calibration, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small EIDN model trained on the generated set (seconds), for end-to-end tests."""
+    from inspector.cli import main
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    model = root / "eidn.safetensors"
+    rc = main(["train", "--data", str(write_mvtec(root / "data")), "--method", "eidn", "--out", str(model),
+               "--epochs", "2", "--steps-per-epoch", "15", "--size", "32"])
+    assert rc == 0
+    return model

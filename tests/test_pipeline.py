@@ -1,0 +1,91 @@
+"""The Inspector: a defect in one tile makes that tile the frame's score, box and hot spot."""
+
+import time
+
+import cv2
+import numpy as np
+from conftest import grey_frame
+
+from inspector.overlay import render
+from inspector.pipeline import ERROR, NG, OK
+from inspector.sources import Frame
+
+
+def frame_of(image, index=0, error=None) -> Frame:
+    return Frame(image, f"test#{index}", index, time.monotonic(), error)
+
+
+def with_dark_spot(image, x, y, r=12):
+    out = image.copy()
+    cv2.circle(out, (x, y), r, (0, 0, 0), -1)
+    return out
+
+
+def test_a_defect_in_one_tile_lights_that_tile(darkness_inspector):
+    inspector = darkness_inspector(tile=64)
+    clean = grey_frame(192, 256)
+    result = inspector.inspect(frame_of(with_dark_spot(clean, 160, 96)))   # inside tile (row 1, col 2)
+    assert result.verdict == NG
+    assert len(result.tile_scores) == 3 * 4
+    worst = int(np.argmax(result.tile_scores))
+    assert result.grid.boxes[worst].tolist() == [128, 64, 192, 128]
+    assert result.flagged_boxes().tolist() == [[128, 64, 192, 128]]
+    assert result.score == result.tile_scores[worst] and result.normalised > 0.5
+    heat = result.heat
+    assert heat.shape == (192, 256)
+    y, x = np.unravel_index(np.argmax(heat), heat.shape)
+    assert abs(x - 160) < 12 and abs(y - 96) < 12
+    assert heat[:64].max() < 0.5 and heat[:, :128].max() < 0.5       # other tiles stay below the threshold
+
+    ok = inspector.inspect(frame_of(clean))
+    assert ok.verdict == OK and ok.normalised < 0.5 and len(ok.flagged_boxes()) == 0
+
+
+def test_batches_of_frames_give_the_same_results_as_one_at_a_time(darkness_inspector):
+    inspector = darkness_inspector(tile=50, stride=40)
+    rng = np.random.default_rng(1)
+    frames = [frame_of(with_dark_spot(grey_frame(120 + 10 * i, 200), *rng.integers(20, 100, 2)), i) for i in range(4)]
+    frames.insert(2, frame_of(None, 9, error="empty file"))
+    together = inspector.inspect_batch(frames)
+    alone = [inspector.inspect(f) for f in frames]
+    assert [r.item for r in together] == [f.item for f in frames]
+    assert together[2].verdict == ERROR and together[2].error == "empty file"
+    for a, b in zip(together, alone, strict=True):
+        if a.error is None:
+            np.testing.assert_allclose(a.tile_scores, b.tile_scores, rtol=1e-5)
+            assert a.verdict == b.verdict
+
+
+def test_moving_the_threshold_changes_verdicts_and_keeps_0_5_at_it(darkness_inspector):
+    inspector = darkness_inspector()
+    frame = frame_of(with_dark_spot(grey_frame(64, 64), 32, 32, r=20))
+    first = inspector.inspect(frame)
+    assert first.verdict == NG
+    inspector.set_threshold(first.score + 0.01)
+    again = inspector.inspect(frame)
+    assert again.verdict == OK and again.normalised < 0.5
+    inspector.set_threshold(first.score - 0.01)
+    assert inspector.inspect(frame).normalised > 0.5
+
+
+def test_region_of_interest_limits_inspection(darkness_inspector):
+    inspector = darkness_inspector(tile=32, roi=(0, 0, 64, 64))
+    image = with_dark_spot(grey_frame(128, 128), 100, 100)     # the spot is outside the region
+    result = inspector.inspect(frame_of(image))
+    assert result.verdict == OK and result.grid.boxes[:, 2:].max() <= 64
+    assert result.heat[64:, 64:].max() == 0
+    inspector.set_roi(None)
+    assert inspector.inspect(frame_of(image)).verdict == NG
+
+
+def test_overlay_draws_heat_boxes_and_verdict(darkness_inspector):
+    inspector = darkness_inspector(tile=64)
+    image = with_dark_spot(grey_frame(128, 128), 96, 96)
+    result = inspector.inspect(frame_of(image))
+    drawn = render(result)
+    assert drawn.shape == image.shape and drawn.dtype == np.uint8
+    assert (drawn[66, 64:128] == (40, 40, 255)).all(axis=1).any()   # the flagged tile's box, in red
+    assert not np.array_equal(render(result, boxes=False, text=False), image)     # heat blended in
+    plain = render(result, heat=False, boxes=False, text=False)
+    assert np.array_equal(plain, image)
+    assert (drawn[2:10, 2:10] != image[2:10, 2:10]).any()          # the verdict label

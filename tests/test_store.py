@@ -1,0 +1,120 @@
+"""The results database: runs and items, labels, thumbnails, and reports made from it."""
+
+import csv
+import sqlite3
+import time
+
+import numpy as np
+import pytest
+from conftest import grey_frame
+
+from inspector.pipeline import ERROR, NG, OK, FrameResult
+from inspector.report import write_csv, write_html
+from inspector.store import ResultStore, StoreError
+
+
+def result(item: str, score: float, *, threshold: float = 1.0, error: str | None = None) -> FrameResult:
+    now = time.monotonic()
+    if error is not None:
+        return FrameResult(item, 0, now, now, None, error=error, threshold=threshold)
+    return FrameResult(item, 0, now, now, grey_frame(30, 40), score=score, normalised=score / 2,
+                       threshold=threshold)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ResultStore(tmp_path / "results.sqlite") as s:
+        yield s
+
+
+def new_run(store, source="folder") -> int:
+    return store.start_run(source=source, kind="folder", model="m.safetensors", method="eidn",
+                           settings={"tile": None}, threshold=1.0)
+
+
+def test_items_are_recorded_sorted_worst_first_with_errors_first(store):
+    run = new_run(store)
+    for item, score in (("a", 0.5), ("b", 1.8), ("c", 0.9)):
+        store.add(run, result(item, score))
+    store.add(run, result("broken", 0, error="empty file"))
+    store.finish_run(run)
+    rows = store.items(run)
+    assert [r.item for r in rows] == ["broken", "b", "c", "a"]
+    assert [r.verdict for r in rows] == [ERROR, NG, OK, OK]
+    assert rows[0].score is None and rows[0].error == "empty file"
+    assert store.counts(run) == {OK: 2, NG: 1, ERROR: 1}
+    assert [r.item for r in store.items(run, verdict=NG)] == ["b"]
+    assert store.run(run).status == "completed" and store.run(run).ended
+    thumb, heat = store.images(rows[1].id)
+    assert thumb.shape == (30, 40, 3) and heat is None
+
+
+def test_a_resumed_run_knows_what_it_recorded(store):
+    run = new_run(store, "/data/folder")
+    store.add(run, result("x", 0.1))
+    store.add(run, result("y", 0.2))
+    store.finish_run(run, "interrupted")
+    assert store.latest_run("/data/folder").id == run
+    assert store.latest_run("/elsewhere") is None
+    assert store.recorded_items(run) == {"x", "y"}
+
+
+def test_operator_labels_are_saved_at_once_and_checked(store, tmp_path):
+    run = new_run(store)
+    store.add(run, result("a", 0.5))
+    store.flush()
+    item = store.items(run)[0].id
+    store.set_label(item, NG)
+    other = sqlite3.connect(tmp_path / "results.sqlite")          # another reader sees it immediately
+    assert other.execute("SELECT label FROM items WHERE id=?", (item,)).fetchone() == ("NG",)
+    with pytest.raises(ValueError):
+        store.set_label(item, "maybe")
+    store.set_label(item, None)
+    assert store.items(run)[0].label is None
+
+
+def test_rows_are_committed_within_the_commit_interval(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with ResultStore(path, commit_interval_s=0.0) as writer:
+        run = new_run(writer)
+        writer.add(run, result("a", 0.5))
+        reader = sqlite3.connect(path)
+        assert reader.execute("SELECT COUNT(*) FROM items").fetchone() == (1,)
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.sqlite"
+    bad.write_text("this is not sqlite, just text long enough to be a header........................" * 20)
+    with pytest.raises(StoreError, match="not a usable results database"):
+        ResultStore(bad)
+
+
+def test_csv_and_html_list_every_item(store, tmp_path):
+    run = new_run(store)
+    names = [f"item{i}" for i in range(7)]
+    for i, name in enumerate(names):
+        store.add(run, result(name, i * 0.3))
+    store.add(run, result("broken.jpg", 0, error="not a decodable image"))
+    store.finish_run(run)
+    rows = list(csv.DictReader(open(write_csv(store, run, tmp_path / "r.csv"))))
+    assert sorted(r["item"] for r in rows) == sorted([*names, "broken.jpg"])
+    assert {r["verdict"] for r in rows} == {OK, NG, ERROR}
+    page = write_html(store, run, tmp_path / "r.html").read_text()
+    for name in [*names, "broken.jpg", "not a decodable image"]:
+        assert name in page
+    assert page.count("data:image/jpeg;base64,") == 2 * len(names)   # image + heat per scored item
+    assert "<svg" in page and "threshold" in page
+
+
+def test_thumbnails_carry_the_heat_map(darkness_inspector, store):
+    from inspector.sources import Frame
+
+    image = grey_frame(100, 300)
+    image[40:60, 250:270] = 0
+    res = darkness_inspector(tile=50).inspect(Frame(image, "f", 0, time.monotonic()))
+    run = new_run(store)
+    store.add(run, res)
+    thumb, heat = store.images(store.items(run)[0].id)
+    assert thumb.shape[1] == 160 and heat.shape == thumb.shape[:2]
+    y, x = np.unravel_index(np.argmax(heat), heat.shape)
+    assert x > 120                                       # the dark spot is at the right end
