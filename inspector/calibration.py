@@ -36,6 +36,11 @@ class Calibration:
         z = (np.asarray(raw, dtype=np.float64) - self.threshold) / self.scale
         return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
+    def denormalise(self, normalised: float) -> float:
+        """The raw score that ``normalise`` maps to ``normalised`` (in (0, 1)): its inverse."""
+        p = min(max(float(normalised), 1e-9), 1 - 1e-9)
+        return self.threshold + self.scale * math.log(p / (1 - p))
+
     def is_anomalous(self, raw: np.ndarray | float) -> np.ndarray:
         return np.asarray(raw) > self.threshold
 

@@ -44,17 +44,24 @@ class InspectorSettings:
 
 
 def load_inspector(model: str | Path, settings: InspectorSettings) -> tuple[Inspector, dict[str, Any]]:
-    """Load a model file onto the chosen device and wrap it with its stored calibration."""
+    """Load a model file onto the chosen device and wrap it with its stored calibration.
+
+    Without a tile size in ``settings``, the tiling the model file recommends (a model trained on
+    tiles of a larger surface, like the demo's) is used; without one, each frame is one tile.
+    """
     device = resolve_device(settings.device)
     detector, meta = load_model(model, device=device)
-    inspector = Inspector(detector, calibration_of(meta), tile=settings.tile, stride=settings.stride,
-                          roi=settings.roi, half=settings.half)
+    made_for = meta.get("inspection", {})
+    tile = settings.tile if settings.tile is not None else made_for.get("tile")
+    stride = settings.stride if settings.tile is not None else made_for.get("stride")
+    inspector = Inspector(detector, calibration_of(meta), tile=tile, stride=stride, roi=settings.roi,
+                          half=settings.half)
     return inspector, meta
 
 
 def run_settings(inspector: Inspector, settings: InspectorSettings) -> dict[str, Any]:
     """What a run records about how it inspected (for the database and the report)."""
-    return {"tile": settings.tile, "stride": settings.stride, "roi": settings.roi, "half": settings.half,
+    return {"tile": inspector.tile, "stride": inspector.stride, "roi": inspector.roi, "half": settings.half,
             "device": device_name(inspector.detector.device), "input_size": inspector.detector.size,
             "channels": inspector.detector.channels}
 

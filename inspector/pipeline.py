@@ -4,12 +4,15 @@
 tiles of one frame, or of several frames in batch mode, go to the detector as one batch on its
 device (CUDA when there is one); the results are split back per frame.  The frame's score is its
 worst tile; its heat map is the tiles' normalised scores stitched at frame resolution (0.5 = the
-threshold), shaped inside each tile by the difference map where the method has one.
+calibrated threshold), shaped inside each tile by the difference map where the method has one.
+
+The operator may move the threshold (the GUI's slider): verdicts and flagged tiles follow it at
+once, while normalised scores and heat maps keep the calibrated scale, so that a score means the
+same before and after the move.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -36,7 +39,7 @@ class FrameResult:
     image: np.ndarray | None            # the frame, uint8 BGR
     error: str | None = None            # why the frame could not be inspected
     score: float = float("nan")         # the worst tile's raw score
-    normalised: float = float("nan")    # in (0, 1); 0.5 at the threshold
+    normalised: float = float("nan")    # in (0, 1) on the calibrated scale; 0.5 at the calibrated threshold
     threshold: float = float("nan")     # the raw threshold the verdict was taken against
     tile_scores: np.ndarray | None = None   # (n,) raw
     grid: TileGrid | None = None            # where the tiles lie (``grid.boxes``: x0, y0, x1, y1 in the frame)
@@ -46,7 +49,7 @@ class FrameResult:
 
     @property
     def heat(self) -> np.ndarray | None:
-        """The heat map at frame resolution, (H, W) float32 in normalised units (0.5 = threshold).
+        """The heat map at frame resolution, (H, W) float32 in normalised units (0.5 = calibrated threshold).
 
         Made on first use: a folder run that only records thumbnails never needs it.
         """
@@ -83,6 +86,7 @@ class Inspector:
                  max_batch_tiles: int = 256) -> None:
         self.detector = detector.eval()
         self.calibration = calibration
+        self._threshold = calibration.threshold
         self.half = half
         self.max_batch_tiles = max_batch_tiles
         self._tile, self._stride, self._roi = tile, stride, roi
@@ -92,11 +96,27 @@ class Inspector:
     # -- settings that may change while running (the GUI's threshold slider and ROI tool) ------
     @property
     def threshold(self) -> float:
-        return self.calibration.threshold
+        """The raw score above which a frame (or tile) is anomalous."""
+        return self._threshold
 
     def set_threshold(self, raw: float) -> None:
-        """Move the threshold; normalised scores stay 0.5 at it (the calibrated slope is kept)."""
-        self.calibration = dataclasses.replace(self.calibration, threshold=float(raw))
+        self._threshold = float(raw)
+
+    def set_normalised_threshold(self, p: float) -> None:
+        """Move the threshold to the raw score whose normalised score is ``p`` (0.5 = calibrated)."""
+        self._threshold = self.calibration.denormalise(p)
+
+    @property
+    def normalised_threshold(self) -> float:
+        return float(self.calibration.normalise(self._threshold))
+
+    @property
+    def tile(self) -> int | None:
+        return self._tile
+
+    @property
+    def stride(self) -> int | None:
+        return self._stride
 
     @property
     def roi(self) -> Roi | None:
@@ -119,20 +139,20 @@ class Inspector:
 
     def inspect_batch(self, frames: list[Frame]) -> list[FrameResult]:
         """Inspect frames together: all their tiles form one batch (chunked at ``max_batch_tiles``)."""
-        calibration = self.calibration
+        calibration, threshold = self.calibration, self._threshold
         results: list[FrameResult | None] = [None] * len(frames)
         grids, tiles, owners = [], [], []
         for i, frame in enumerate(frames):
             if frame.image is None:
                 results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), None,
-                                         error=frame.error or "no image", threshold=calibration.threshold)
+                                         error=frame.error or "no image", threshold=threshold)
                 continue
             try:
                 grid = self.grid(frame.image.shape)
                 tiles.append(cut_tiles(frame.image, grid, self.detector.channels))
             except TilingError as exc:  # e.g. a region of interest outside this frame
                 results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
-                                         error=str(exc), threshold=calibration.threshold)
+                                         error=str(exc), threshold=threshold)
                 continue
             grids.append(grid)
             owners.append(i)
@@ -150,6 +170,6 @@ class Inspector:
                 heat = stitch(grid, calibration.normalise(raw), tile_maps)
                 results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
                                          score=worst, normalised=float(calibration.normalise(worst)),
-                                         threshold=calibration.threshold, tile_scores=raw, grid=grid,
+                                         threshold=threshold, tile_scores=raw, grid=grid,
                                          heat_scaled=heat, embeddings=emb)
         return results  # type: ignore[return-value]

@@ -28,7 +28,7 @@ from .inspection import InspectorSettings, load_inspector, run_inspection, run_s
 from .overlay import render
 from .pipeline import FrameResult, Inspector
 from .progress import ProgressCallback
-from .sources import CameraSource, FolderSource, SourceError
+from .sources import CameraSource, FolderSource, FrameClock, SourceError
 from .store import ResultStore
 from .training import device_name
 
@@ -49,24 +49,20 @@ class ReplayCapture:
     """A stand-in for a live camera's VideoCapture: pre-made frames offered at a fixed rate."""
 
     def __init__(self, frames: list[np.ndarray], fps: float) -> None:
-        self.frames, self.period = frames, 1.0 / fps
+        self.frames, self.clock = frames, FrameClock(fps)
         self.count = 0
-        self.next_due = time.monotonic()
 
     def isOpened(self) -> bool:  # noqa: N802  (OpenCV's name)
         return True
 
     def read(self) -> tuple[bool, np.ndarray]:
-        delay = self.next_due - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        self.next_due = max(self.next_due + self.period, time.monotonic() - self.period)
+        self.clock.wait()
         frame = self.frames[self.count % len(self.frames)].copy()  # a camera hands over a new buffer
         self.count += 1
         return True, frame
 
     def get(self, prop: int) -> float:
-        return 1.0 / self.period if prop == cv2.CAP_PROP_FPS else 0.0
+        return self.clock.fps if prop == cv2.CAP_PROP_FPS else 0.0
 
     def release(self) -> None:
         pass

@@ -55,6 +55,26 @@ class Capture(Protocol):
     def release(self) -> None: ...
 
 
+class FrameClock:
+    """Paces a simulated camera: ``wait`` returns at most ``fps`` times a second, like a sensor's clock.
+
+    A late caller is not paid back with a burst: the clock never runs more than one period behind.
+    """
+
+    def __init__(self, fps: float) -> None:
+        if fps <= 0:
+            raise ValueError(f"frame rate must be positive, got {fps}")
+        self.fps = fps
+        self.period = 1.0 / fps
+        self.next_due = time.monotonic()
+
+    def wait(self) -> None:
+        delay = self.next_due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        self.next_due = max(self.next_due + self.period, time.monotonic() - self.period)
+
+
 #: How long opening or reading a network stream may hang before it counts as failed.
 NETWORK_TIMEOUT_MS = 5000
 

@@ -57,3 +57,10 @@ def test_bad_inputs():
         calibrate(np.array([]))
     with pytest.raises(ValueError):
         threshold_at_false_alarm_rate(np.arange(3.0), 1.5)
+
+
+def test_denormalise_inverts_normalise():
+    cal = calibrate(np.linspace(0.0, 1.0, 101))
+    for p in (0.05, 0.3, 0.5, 0.9):
+        assert float(cal.normalise(cal.denormalise(p))) == pytest.approx(p, abs=1e-9)
+    assert cal.denormalise(0.5) == pytest.approx(cal.threshold)

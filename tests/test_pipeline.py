@@ -4,6 +4,7 @@ import time
 
 import cv2
 import numpy as np
+import pytest
 from conftest import grey_frame
 
 from inspector.overlay import render
@@ -56,16 +57,18 @@ def test_batches_of_frames_give_the_same_results_as_one_at_a_time(darkness_inspe
             assert a.verdict == b.verdict
 
 
-def test_moving_the_threshold_changes_verdicts_and_keeps_0_5_at_it(darkness_inspector):
+def test_moving_the_threshold_changes_verdicts_not_the_calibrated_scale(darkness_inspector):
     inspector = darkness_inspector()
     frame = frame_of(with_dark_spot(grey_frame(64, 64), 32, 32, r=20))
     first = inspector.inspect(frame)
-    assert first.verdict == NG
+    assert first.verdict == NG and first.normalised > 0.5
     inspector.set_threshold(first.score + 0.01)
     again = inspector.inspect(frame)
-    assert again.verdict == OK and again.normalised < 0.5
-    inspector.set_threshold(first.score - 0.01)
-    assert inspector.inspect(frame).normalised > 0.5
+    assert again.verdict == OK and again.normalised == first.normalised
+    assert inspector.normalised_threshold > first.normalised
+    inspector.set_normalised_threshold(0.5)
+    assert inspector.threshold == pytest.approx(inspector.calibration.threshold)
+    assert inspector.inspect(frame).verdict == NG
 
 
 def test_region_of_interest_limits_inspection(darkness_inspector):
