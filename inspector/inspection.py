@@ -62,6 +62,7 @@ def load_inspector(model: str | Path, settings: InspectorSettings) -> tuple[Insp
 def run_settings(inspector: Inspector, settings: InspectorSettings) -> dict[str, Any]:
     """What a run records about how it inspected (for the database and the report)."""
     return {"tile": inspector.tile, "stride": inspector.stride, "roi": inspector.roi, "half": settings.half,
+            "normalised_threshold": inspector.normalised_threshold,
             "device": device_name(inspector.detector.device), "input_size": inspector.detector.size,
             "channels": inspector.detector.channels}
 

@@ -23,6 +23,12 @@ def colour_heat(heat: np.ndarray, colourmap: str = "turbo") -> np.ndarray:
     return cv2.applyColorMap(levels, COLOURMAPS[colourmap])
 
 
+def colour_lut(colourmap: str = "turbo") -> np.ndarray:
+    """The colour map as a (256, 3) RGB lookup table, for views that colour heat maps themselves."""
+    levels = np.arange(256, dtype=np.uint8)[:, None]
+    return cv2.applyColorMap(levels, COLOURMAPS[colourmap])[:, 0, ::-1].copy()
+
+
 def render(result: FrameResult, *, heat: bool = True, alpha: float = 0.4, colourmap: str = "turbo",
            boxes: bool = True, text: bool = True) -> np.ndarray:
     """The frame with the heat map blended at ``alpha``, flagged tiles boxed and the verdict written."""

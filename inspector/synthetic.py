@@ -22,6 +22,9 @@ from .pseudo_anomalies import crack, scratch, spot
 from .sources import CameraSource, FrameClock
 
 FRAME_SHAPE = (720, 1280)
+#: Defects are painted at 1/DEFECT_SCALE of the frame's resolution and enlarged: at the demo's
+#: tiling (160-pixel tiles seen at 32 pixels) they look to the model as its pseudo-anomalies do.
+DEFECT_SCALE = 5
 DEMO_NAME = "demo surface"
 _PAINTERS = (crack, scratch, spot)
 
@@ -126,7 +129,11 @@ class SyntheticSurface:
             return
         rng = np.random.default_rng(d.seed)
         painter = _PAINTERS[int(rng.integers(len(_PAINTERS)))]
-        patch = painter(self._strip(d.x, d.size, d.y, d.size), rng)
+        patch = self._strip(d.x, d.size, d.y, d.size)
+        small = cv2.resize(patch, (d.size // DEFECT_SCALE,) * 2, interpolation=cv2.INTER_AREA)
+        change = painter(small, rng).astype(np.float32) - small
+        patch = np.clip(patch + cv2.resize(change, (d.size, d.size), interpolation=cv2.INTER_LINEAR), 0, 255)
+        patch = patch.astype(np.uint8)
         a, b = max(0, left), min(frame.shape[1], left + d.size)
         frame[d.y:d.y + d.size, a:b] = patch[:, a - left:b - left]
 

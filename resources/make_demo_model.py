@@ -2,9 +2,9 @@
 
     python resources/make_demo_model.py [--out resources/demo-eidn.safetensors]
 
-Writes a temporary data set in the MVTec AD layout — 160x160 pixel crops of the defect-free
-surface (the demo's inspection tile) for training, and fresh crops with and without painted
-defects for a test — trains EIDN on the goods with synthetic pseudo-anomalies (seeded: the same
+Writes a temporary data set in the MVTec AD layout — 160x160 pixel crops of the demo's
+defect-free surface (the demo's inspection tile) for training, and more crops with and without
+painted defects for a test — trains EIDN on the goods with synthetic pseudo-anomalies (seeded: the same
 file every time on the same torch version and CPU), prints the test AUROC, and records the
 tiling the model was made for in the file, so the program inspects the demo at that tile size.
 The test defects are drawn by the same painters as the pseudo-anomalies: the AUROC says the
@@ -46,9 +46,10 @@ def crops(surface: SyntheticSurface, n: int, rng: np.random.Generator) -> list[n
 
 def write_set(root: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
-    good_train = crops(SyntheticSurface(seed=seed + 1, defect_rate=0.0), 600, rng)
-    good_test = crops(SyntheticSurface(seed=seed + 2, defect_rate=0.0), 100, rng)
-    defect_line = SyntheticSurface(seed=seed + 3, defect_rate=1.0, speed=40)
+    line = SyntheticSurface(seed=seed, defect_rate=0.0)   # the demo's own surface: its good parts
+    good_train = crops(line, 600, rng)
+    good_test = crops(line, 100, rng)
+    defect_line = SyntheticSurface(seed=seed, defect_rate=1.0, speed=40)
     defect_test = []
     while len(defect_test) < 100:                # crops around a defect, whole in view
         frame = defect_line.next_frame()

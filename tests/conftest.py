@@ -1,6 +1,8 @@
 import os
 from pathlib import Path
 
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # GUI tests run without a display
+
 import cv2
 import numpy as np
 import pytest

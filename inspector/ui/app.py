@@ -1,0 +1,25 @@
+"""Starting the desktop application: ``python main.py`` with no arguments."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pyqtgraph as pg
+from PySide6.QtWidgets import QApplication
+
+from .. import __version__
+
+
+def run(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
+    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
+    app.setOrganizationName("Inspector")
+    app.setApplicationName("Inspector")
+    app.setApplicationVersion(__version__)
+    from .main_window import MainWindow  # after the application exists: settings paths need its names
+
+    window = MainWindow()
+    window.show()
+    return app.exec()

@@ -1,0 +1,438 @@
+"""The main window: choose a source and a model, start / pause / stop, live view and batch review.
+
+On first launch (nothing remembered yet) it starts the demo: the synthetic surface inspected by
+the demo model shipped in resources/, so the program shows what it does without a camera or a
+trained model.  Errors the operator can cause — a camera that is not there, a model file that
+does not load — appear in a banner that does not block, and the previous model stays active.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import cv2
+from PySide6.QtCore import QSettings, Qt, QThread, QTimer
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QPushButton,
+    QTabWidget,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..inspection import InspectorSettings, load_inspector, run_settings
+from ..overlay import render
+from ..pipeline import Inspector
+from ..training import device_name
+from .batch_view import BatchView
+from .live_view import LiveView
+from .settings import DEMO_MODEL, AppSettings, SettingsDialog
+from .workers import BatchWorker, LiveUpdate, LiveWorker, SourceSpec, start_in_thread, start_task
+
+log = logging.getLogger(__name__)
+
+SOURCE_LABELS = {"demo": "Demo surface", "camera": "Camera", "url": "Stream URL", "video": "Video file",
+                 "folder": "Image folder"}
+OPEN_MODEL = "Open model file…"
+BANNER_STYLE = {"info": "background:#e7f5ff; color:#1864ab;", "warning": "background:#fff3bf; color:#5c3c00;",
+                "error": "background:#ffe3e3; color:#a51111;"}
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, qsettings: QSettings | None = None, *, autostart: bool = True) -> None:
+        super().__init__()
+        self.setWindowTitle("Inspector")
+        self.qs = qsettings or QSettings()
+        self.settings = AppSettings.load(self.qs)
+        first_launch = self.qs.value("source/kind") is None
+        self.inspector: Inspector | None = None
+        self.model_meta: dict = {}
+        self.model_path: Path | None = None
+        self.live_worker: LiveWorker | None = None
+        self.live_thread: QThread | None = None
+        self.batch_worker: BatchWorker | None = None
+        self.batch_thread: QThread | None = None
+        self._pending_start = False
+        self._tasks = []                # keep running tasks referenced
+
+        self._build_toolbar()
+        self.banner = QLabel()
+        self.banner.setVisible(False)
+        self.banner.setWordWrap(True)
+        self._banner_timer = QTimer(self, singleShot=True, timeout=lambda: self.banner.setVisible(False))
+        self.live_view = LiveView()
+        self.batch_view = BatchView(self.settings.results_db)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.live_view, "Live inspection")
+        self.tabs.addTab(self.batch_view, "Batch review")
+        central = QWidget()
+        lay = QVBoxLayout(central)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.addWidget(self.banner)
+        lay.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
+        self._build_status_bar()
+
+        self.live_view.thresholdChanged.connect(self._threshold_changed)
+        self.live_view.roiChanged.connect(self._roi_changed)
+        self.batch_view.runRequested.connect(self.start_batch)
+        self.batch_view.cancelRequested.connect(self.cancel_batch)
+        self.batch_view.message.connect(lambda m: self.notify(m, "info"))
+        self.tabs.currentChanged.connect(lambda i: self.batch_view.refresh_runs() if i == 1 else None)
+
+        self._restore()
+        self._refresh_models()
+        if autostart and (first_launch or self.source_spec().kind == "demo"):
+            self.start()
+
+    # -- building ---------------------------------------------------------------------------------
+    def _build_toolbar(self) -> None:
+        bar = QToolBar("Main")
+        bar.setObjectName("main toolbar")
+        self.addToolBar(bar)
+        self.source_kind = QComboBox()
+        for kind, label in SOURCE_LABELS.items():
+            self.source_kind.addItem(label, kind)
+        self.source_value = QLineEdit()
+        self.source_value.setMinimumWidth(220)
+        self.source_browse = QPushButton("…")
+        self.source_browse.setToolTip("Choose a video file or an image folder")
+        self.source_browse.clicked.connect(self._browse_source)
+        self.source_kind.currentIndexChanged.connect(self._source_kind_changed)
+        self.model_box = QComboBox()
+        self.model_box.setMinimumContentsLength(24)
+        self.model_box.activated.connect(self._model_chosen)
+        self.start_action = QAction("Start", self, triggered=self.start)
+        self.pause_action = QAction("Pause", self, checkable=True, triggered=self.set_paused)
+        self.pause_action.setShortcut(QKeySequence(Qt.Key_Space))
+        self.stop_action = QAction("Stop", self, triggered=self.stop)
+        self.snapshot_action = QAction("Snapshot", self, triggered=self.snapshot)
+        self.snapshot_action.setShortcut(QKeySequence("S"))
+        settings_action = QAction("Settings…", self, triggered=self.edit_settings)
+        for w in (QLabel(" Source "), self.source_kind, self.source_value, self.source_browse, QLabel("  Model "),
+                  self.model_box):
+            bar.addWidget(w)
+        bar.addSeparator()
+        for a in (self.start_action, self.pause_action, self.stop_action, self.snapshot_action, settings_action):
+            bar.addAction(a)
+            self.addAction(a)         # shortcuts work wherever the focus is
+        self._set_running(False)
+
+    def _build_status_bar(self) -> None:
+        self.device_label, self.model_label = QLabel("device: —"), QLabel("model: —")
+        self.fps_label, self.latency_label, self.dropped_label = QLabel("— fps"), QLabel("latency —"), QLabel("")
+        for w in (self.device_label, self.model_label, self.fps_label, self.latency_label, self.dropped_label):
+            self.statusBar().addPermanentWidget(w)
+
+    def _restore(self) -> None:
+        geometry, state = self.qs.value("window/geometry"), self.qs.value("window/state")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1400, 860)
+        if state is not None:
+            self.restoreState(state)
+        kind = str(self.qs.value("source/kind", "demo"))
+        self.source_kind.setCurrentIndex(max(0, self.source_kind.findData(kind)))
+        self.source_value.setText(str(self.qs.value("source/value", "")))
+        self._source_kind_changed()
+        self.live_view.opacity.setValue(int(self.qs.value("view/opacity", 40)))
+        self.live_view.colourmap.setCurrentText(str(self.qs.value("view/colourmap", "turbo")))
+        self.live_view.heat_toggle.setChecked(str(self.qs.value("view/heat", "true")) == "true")
+        self.batch_view.folder.setText(str(self.qs.value("batch/folder", "")))
+
+    def _save(self) -> None:
+        self.qs.setValue("window/geometry", self.saveGeometry())
+        self.qs.setValue("window/state", self.saveState())
+        self.qs.setValue("source/kind", self.source_spec().kind)
+        self.qs.setValue("source/value", self.source_value.text())
+        if self.model_path is not None:
+            self.qs.setValue("model/path", str(self.model_path))
+        self.qs.setValue("view/opacity", self.live_view.opacity.value())
+        self.qs.setValue("view/colourmap", self.live_view.colourmap.currentText())
+        self.qs.setValue("view/heat", "true" if self.live_view.heat_toggle.isChecked() else "false")
+        self.qs.setValue("batch/folder", self.batch_view.folder.text())
+        self.settings.save(self.qs)
+        self.qs.sync()
+
+    # -- notifications ----------------------------------------------------------------------------
+    def notify(self, text: str, level: str = "info", *, sticky: bool = False) -> None:
+        """A banner above the views that never blocks; it goes away by itself unless ``sticky``."""
+        log.info("%s: %s", level, text)
+        self.banner.setText(text)
+        self.banner.setStyleSheet(f"padding:6px; border-radius:4px; {BANNER_STYLE[level]}")
+        self.banner.setVisible(True)
+        self._banner_timer.stop()
+        if not sticky:
+            self._banner_timer.start(8000)
+
+    # -- source -----------------------------------------------------------------------------------
+    def source_spec(self) -> SourceSpec:
+        return SourceSpec(self.source_kind.currentData(), self.source_value.text().strip())
+
+    def _source_kind_changed(self) -> None:
+        kind = self.source_kind.currentData()
+        self.source_value.setEnabled(kind != "demo")
+        self.source_browse.setEnabled(kind in ("video", "folder"))
+        self.source_value.setPlaceholderText({"camera": "index: 0, 1, …", "url": "rtsp://… or http://…",
+                                              "video": "video file", "folder": "image folder"}.get(kind, ""))
+
+    def _browse_source(self) -> None:
+        if self.source_kind.currentData() == "folder":
+            chosen = QFileDialog.getExistingDirectory(self, "Image folder", self.source_value.text())
+        else:
+            chosen = QFileDialog.getOpenFileName(self, "Video file", self.source_value.text(),
+                                                 "Videos (*.mp4 *.avi *.mkv *.mov *.mjpg);;All files (*)")[0]
+        if chosen:
+            self.source_value.setText(chosen)
+
+    # -- model ------------------------------------------------------------------------------------
+    def _refresh_models(self) -> None:
+        remembered = self.qs.value("model/path")
+        paths = []
+        if DEMO_MODEL.is_file():
+            paths.append(DEMO_MODEL)
+        if self.settings.models_dir.is_dir():
+            paths += sorted(self.settings.models_dir.glob("*.safetensors"))
+        if remembered and Path(remembered).is_file() and Path(remembered) not in paths:
+            paths.append(Path(remembered))
+        self.model_box.clear()
+        for p in paths:
+            self.model_box.addItem("demo model" if p == DEMO_MODEL else p.stem, str(p))
+        self.model_box.addItem(OPEN_MODEL, None)
+        choice = remembered if remembered and Path(remembered).is_file() else (str(paths[0]) if paths else None)
+        if choice is not None:
+            self.model_box.setCurrentIndex(self.model_box.findData(choice))
+            self.load_model(Path(choice))
+        else:
+            self.notify("No model yet: train one (python main.py train …) and open it here.", "warning", sticky=True)
+
+    def _model_chosen(self, index: int) -> None:
+        path = self.model_box.itemData(index)
+        if path is None:
+            chosen, _ = QFileDialog.getOpenFileName(self, "Model file", str(self.settings.models_dir),
+                                                    "Inspector models (*.safetensors)")
+            if not chosen:
+                self._show_current_model()
+                return
+            path = chosen
+            if self.model_box.findData(path) < 0:
+                self.model_box.insertItem(self.model_box.count() - 1, Path(path).stem, path)
+        self.load_model(Path(path))
+
+    def _show_current_model(self) -> None:
+        if self.model_path is not None:
+            self.model_box.setCurrentIndex(max(0, self.model_box.findData(str(self.model_path))))
+
+    def inspector_settings(self) -> InspectorSettings:
+        s = self.settings
+        return InspectorSettings(tile=s.tile or None, stride=s.stride or None, device=s.device)
+
+    def load_model(self, path: Path) -> None:
+        """Load in the background; on failure the previous model stays active."""
+        settings = self.inspector_settings()
+        self.model_label.setText(f"model: loading {path.name}…")
+        task = start_task(lambda: (path, *load_inspector(path, settings)), self._model_loaded,
+                          lambda msg: self._model_failed(path, msg))
+        self._tasks.append(task)
+
+    def _model_loaded(self, loaded) -> None:
+        path, inspector, meta = loaded
+        restart = self.live_worker is not None
+        if restart:
+            self.stop()
+        self.inspector, self.model_meta, self.model_path = inspector, meta, path
+        self.live_view.set_method(meta["method"])
+        self.live_view.set_threshold(0.5)
+        if self.live_view.frame.roi is not None:
+            self.live_view.frame.clear_roi()
+        created = meta.get("created", "")[:10]
+        self.model_label.setText(f"model: {path.stem} ({meta['method']}, {created}, v{meta.get('program_version')})")
+        self.device_label.setText(f"device: {device_name(inspector.detector.device)}")
+        self._show_current_model()
+        if restart or self._pending_start:
+            self._pending_start = False
+            self.start()
+
+    def _model_failed(self, path: Path, message: str) -> None:
+        self.notify(f"Could not load {path.name}: {message}"
+                    + (" — the previous model stays active." if self.inspector is not None else ""), "error")
+        if self.model_path is not None:
+            self.model_label.setText(f"model: {self.model_path.stem} ({self.model_meta.get('method')})")
+        else:
+            self.model_label.setText("model: —")
+        self._show_current_model()
+        self._pending_start = False
+
+    def _threshold_changed(self, normalised: float) -> None:
+        if self.inspector is not None:
+            self.inspector.set_normalised_threshold(normalised)
+
+    def _roi_changed(self, roi) -> None:
+        if self.inspector is not None:
+            self.inspector.set_roi(roi)
+
+    # -- live -------------------------------------------------------------------------------------
+    def _set_running(self, running: bool) -> None:
+        self.start_action.setEnabled(not running)
+        self.pause_action.setEnabled(running)
+        self.stop_action.setEnabled(running)
+        self.snapshot_action.setEnabled(running)
+        if not running:
+            self.pause_action.setChecked(False)
+
+    def start(self) -> None:
+        if self.live_worker is not None:
+            return
+        if self.inspector is None:
+            self._pending_start = True     # starts when the model has loaded
+            return
+        spec = self.source_spec()
+        worker = LiveWorker(spec, self.inspector, db_path=self.settings.results_db,
+                            model_path=str(self.model_path), method=self.model_meta.get("method", ""))
+        worker.update.connect(self._show_update)
+        worker.status.connect(self._source_status)
+        worker.failed.connect(self._live_failed)
+        worker.finished.connect(self._live_finished)
+        self.live_worker = worker
+        self.live_thread = start_in_thread(worker, self)
+        self.tabs.setCurrentWidget(self.live_view)
+        self._set_running(True)
+        self.statusBar().showMessage(f"inspecting {spec.describe()}", 4000)
+
+    def set_paused(self, paused: bool) -> None:
+        if self.live_worker is not None:
+            self.live_worker.set_paused(paused)
+            self.statusBar().showMessage("paused" if paused else "running", 2000)
+
+    def stop(self) -> None:
+        """Stop the live worker and wait for its thread (it checks the flag at least every 0.2 s)."""
+        worker, thread = self.live_worker, self.live_thread
+        if worker is None:
+            return
+        worker.stop()
+        thread.quit()
+        if not thread.wait(10_000):
+            log.warning("live worker did not stop within 10 s")
+        self._live_finished(worker)
+
+    def _live_finished(self, worker: LiveWorker) -> None:
+        if worker is not self.live_worker:     # an earlier worker, already cleaned up
+            return
+        self.live_thread.quit()
+        self.live_thread.wait(2000)
+        self.live_worker, self.live_thread = None, None
+        self._set_running(False)
+        self.fps_label.setText("— fps")
+
+    def _live_failed(self, message: str) -> None:
+        self.notify(message, "error")
+
+    def _show_update(self, update: LiveUpdate) -> None:
+        if update.worker is not self.live_worker:
+            return
+        self.live_view.show_update(update)
+        update.worker.shown()
+        self.fps_label.setText(f"{update.fps:.1f} fps")
+        self.latency_label.setText(f"latency {update.latency_ms:.0f} ms")
+        self.dropped_label.setText(f"dropped {update.dropped}")
+
+    def _source_status(self, status: str) -> None:
+        if status.startswith("reconnecting"):
+            self.notify(f"Camera lost — {status}…", "warning", sticky=True)
+        elif status == "running" and self.banner.isVisible() and "Camera lost" in self.banner.text():
+            self.notify("Camera back.", "info")
+        elif status.startswith(("lost", "failed")):
+            self.notify(f"Source stopped: {status}", "error", sticky=True)
+        elif status not in ("running", "ended", "opening"):
+            self.notify(status, "warning")
+
+    def snapshot(self) -> None:
+        """Frame, overlay and the result as JSON, saved under the snapshots folder."""
+        update = self.live_view.last_update
+        if update is None:
+            return
+        result = update.result
+        folder = self.settings.snapshots_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = folder / time.strftime("%Y%m%d-%H%M%S")
+        cv2.imwrite(f"{stem}-frame.png", result.image)
+        cv2.imwrite(f"{stem}-overlay.png", render(result, alpha=self.live_view.opacity.value() / 100.0,
+                                                    colourmap=self.live_view.colourmap.currentText()))
+        info = {"item": result.item, "verdict": result.verdict, "score": result.score,
+                "normalised": result.normalised, "threshold": result.threshold,
+                "model": str(self.model_path), "method": self.model_meta.get("method"),
+                "flagged_tiles": result.flagged_boxes().tolist(), "latency_ms": update.latency_ms}
+        Path(f"{stem}-result.json").write_text(json.dumps(info, indent=2))
+        self.notify(f"Snapshot saved: {stem}-*.png/json", "info")
+
+    # -- batch ------------------------------------------------------------------------------------
+    def start_batch(self, folder: Path) -> None:
+        if self.inspector is None:
+            self.notify("Load a model first.", "warning")
+            return
+        if self.batch_worker is not None:
+            return
+        worker = BatchWorker(folder, self.inspector, db_path=self.settings.results_db,
+                             model_path=str(self.model_path), method=self.model_meta.get("method", ""),
+                             settings=run_settings(self.inspector, self.inspector_settings()))
+        worker.progress.connect(self.batch_view.set_progress)
+        worker.finished.connect(self._batch_finished)
+        worker.failed.connect(self._batch_failed)
+        self.batch_worker = worker
+        self.batch_thread = start_in_thread(worker, self)
+        self.batch_view.run_started()
+
+    def cancel_batch(self) -> None:
+        if self.batch_worker is not None:
+            self.batch_worker.cancel()
+
+    def _end_batch(self) -> None:
+        if self.batch_thread is not None:
+            self.batch_thread.quit()
+            self.batch_thread.wait(5000)
+        self.batch_worker, self.batch_thread = None, None
+
+    def _batch_finished(self, run_id: int, summary) -> None:
+        self._end_batch()
+        self.batch_view.run_ended(run_id)
+        self.notify(f"Run #{run_id} {summary.status}: {summary.items} items, {summary.anomalous} NG, "
+                    f"{summary.errors} errors ({summary.items_per_second:.0f} items/s)", "info")
+
+    def _batch_failed(self, message: str) -> None:
+        self._end_batch()
+        self.batch_view.run_ended(None)
+        self.notify(f"Folder run failed: {message}", "error")
+
+    # -- settings and closing ---------------------------------------------------------------------
+    def edit_settings(self) -> None:
+        dialog = SettingsDialog(self.settings, self)
+        if dialog.exec():
+            before = self.settings
+            self.settings = dialog.settings()
+            self.settings.save(self.qs)
+            self.batch_view.set_db_path(self.settings.results_db)
+            if (before.tile, before.stride, before.device) != (self.settings.tile, self.settings.stride,
+                                                               self.settings.device) and self.model_path:
+                self.load_model(self.model_path)     # re-tile / move to the new device
+            if before.models_dir != self.settings.models_dir:
+                self._refresh_models()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        self.stop()
+        if self.batch_worker is not None:
+            self.batch_worker.cancel()
+            self.batch_thread.quit()
+            self.batch_thread.wait(10_000)
+        self.batch_view.close_store()
+        self._save()
+        super().closeEvent(event)

@@ -1,0 +1,115 @@
+"""The GUI's settings: where things are kept, how frames are tiled, which device runs the model.
+
+Kept in QSettings (with the window layout and the last choices), edited in a dialog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, QStandardPaths
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+REPO_RESOURCES = Path(__file__).resolve().parents[2] / "resources"
+DEMO_MODEL = REPO_RESOURCES / "demo-eidn.safetensors"
+
+
+def data_dir() -> Path:
+    """The user's data folder for Inspector (results, models, snapshots)."""
+    return Path(QStandardPaths.writableLocation(QStandardPaths.AppDataLocation) or Path.home() / ".inspector")
+
+
+@dataclass
+class AppSettings:
+    results_db: Path
+    models_dir: Path
+    snapshots_dir: Path
+    tile: int = 0          # 0: what the model recommends, else each frame whole
+    stride: int = 0        # 0: the tile size
+    device: str = "auto"
+
+    @classmethod
+    def load(cls, qs: QSettings) -> AppSettings:
+        base = data_dir()
+        return cls(results_db=Path(qs.value("paths/results_db", str(base / "results.sqlite"))),
+                   models_dir=Path(qs.value("paths/models_dir", str(base / "models"))),
+                   snapshots_dir=Path(qs.value("paths/snapshots_dir", str(base / "snapshots"))),
+                   tile=int(qs.value("inspection/tile", 0)), stride=int(qs.value("inspection/stride", 0)),
+                   device=str(qs.value("inspection/device", "auto")))
+
+    def save(self, qs: QSettings) -> None:
+        qs.setValue("paths/results_db", str(self.results_db))
+        qs.setValue("paths/models_dir", str(self.models_dir))
+        qs.setValue("paths/snapshots_dir", str(self.snapshots_dir))
+        qs.setValue("inspection/tile", self.tile)
+        qs.setValue("inspection/stride", self.stride)
+        qs.setValue("inspection/device", self.device)
+
+
+def _path_row(value: Path, folder: bool, parent: QWidget) -> tuple[QWidget, QLineEdit]:
+    edit = QLineEdit(str(value))
+    button = QPushButton("Browse…")
+
+    def browse():
+        chosen = (QFileDialog.getExistingDirectory(parent, "Folder", edit.text()) if folder
+                  else QFileDialog.getSaveFileName(parent, "Results database", edit.text(), "SQLite (*.sqlite)")[0])
+        if chosen:
+            edit.setText(chosen)
+
+    button.clicked.connect(browse)
+    row = QWidget()
+    lay = QHBoxLayout(row)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(edit, 1)
+    lay.addWidget(button)
+    return row, edit
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, settings: AppSettings, parent=None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        form = QFormLayout(self)
+        self.tile = QSpinBox()
+        self.tile.setRange(0, 4096)
+        self.tile.setSpecialValueText("model's choice")
+        self.tile.setValue(settings.tile)
+        self.tile.setToolTip("Tile side in frame pixels; 'model's choice' uses the model's recommendation, "
+                             "or inspects each frame whole")
+        self.stride = QSpinBox()
+        self.stride.setRange(0, 4096)
+        self.stride.setSpecialValueText("tile size")
+        self.stride.setValue(settings.stride)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        self.device.setCurrentText(settings.device)
+        db_row, self.db = _path_row(settings.results_db, False, self)
+        models_row, self.models = _path_row(settings.models_dir, True, self)
+        snaps_row, self.snaps = _path_row(settings.snapshots_dir, True, self)
+        form.addRow("Tile size (px)", self.tile)
+        form.addRow("Tile stride (px)", self.stride)
+        form.addRow("Device", self.device)
+        form.addRow("Results database", db_row)
+        form.addRow("Models folder", models_row)
+        form.addRow("Snapshots folder", snaps_row)
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def settings(self) -> AppSettings:
+        return AppSettings(results_db=Path(self.db.text()), models_dir=Path(self.models.text()),
+                           snapshots_dir=Path(self.snaps.text()), tile=self.tile.value(), stride=self.stride.value(),
+                           device=self.device.currentText())

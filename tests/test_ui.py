@@ -1,0 +1,168 @@
+"""The desktop window, offscreen (conftest sets QT_QPA_PLATFORM): demo, threshold, batch review, labels,
+bad input, responsiveness."""
+
+import csv
+import sqlite3
+import time
+
+import cv2
+import numpy as np
+import pytest
+from conftest import texture
+from PySide6.QtCore import QSettings, QTimer
+
+from inspector.report import write_csv
+from inspector.ui.batch_view import BatchView
+from inspector.ui.main_window import MainWindow
+from inspector.ui.settings import DEMO_MODEL
+
+
+@pytest.fixture
+def settings(tmp_path):
+    qs = QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
+    qs.setValue("paths/results_db", str(tmp_path / "results.sqlite"))
+    qs.setValue("paths/models_dir", str(tmp_path / "models"))
+    qs.setValue("paths/snapshots_dir", str(tmp_path / "snapshots"))
+    return qs
+
+
+@pytest.fixture
+def window(qtbot, settings):
+    windows = []
+
+    def make(**kw):
+        w = MainWindow(settings, **kw)
+        qtbot.addWidget(w)
+        w.show()
+        windows.append(w)
+        return w
+
+    yield make
+    for w in windows:
+        w.close()
+
+
+def wait_for_update(qtbot, w, after: float = 0.0, timeout: int = 30_000):
+    qtbot.waitUntil(lambda: w.live_view.last_update is not None
+                    and w.live_view.last_update.result.done_at > after, timeout=timeout)
+    return w.live_view.last_update
+
+
+def test_the_demo_model_is_shipped():
+    assert DEMO_MODEL.is_file()
+
+
+def test_first_launch_runs_the_demo_and_the_view_updates(qtbot, window, settings):
+    w = window()
+    update = wait_for_update(qtbot, w)
+    assert update.rgb.shape == (720, 1280, 3)
+    assert w.live_view.frame.frame_item.image.shape == (720, 1280, 3)
+    assert w.live_view.verdict.text().split()[0] in ("OK", "NG")
+    assert "demo-eidn" in w.model_label.text() and "cpu" in w.device_label.text()
+    qtbot.waitUntil(lambda: w.fps_label.text() != "— fps", timeout=10_000)
+    assert w.live_view.embedding.embedding            # EIDN: the embedding view
+    w.close()
+    assert settings.value("source/kind") == "demo"   # remembered
+
+
+def test_moving_the_threshold_changes_the_verdicts(qtbot, window):
+    w = window()
+    wait_for_update(qtbot, w)
+    w.live_view.set_threshold(0.01)                  # everything is over it
+    update = wait_for_update(qtbot, w, after=time.monotonic())
+    assert update.result.verdict == "NG" and w.live_view.verdict.text().startswith("NG")
+    w.live_view.set_threshold(0.99)
+    update = wait_for_update(qtbot, w, after=time.monotonic())
+    assert update.result.normalised < 0.99 and update.result.verdict == "OK"
+
+
+def test_the_ui_stays_responsive_while_inspecting(qtbot, window):
+    w = window()
+    wait_for_update(qtbot, w)
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(5)
+    qtbot.wait(3000)
+    timer.stop()
+    gaps = np.diff(ticks)
+    print(f"longest gap between 5 ms timer ticks while inspecting: {gaps.max() * 1000:.1f} ms")
+    assert len(ticks) > 100 and gaps.max() < 0.25
+
+
+def write_folder(root, n=10):
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    for i in range(n):
+        img = texture(rng, 160)
+        if i % 3 == 0:
+            cv2.circle(img, (80, 80), 20, (0, 0, 0), -1)
+        cv2.imwrite(str(root / f"{i:02d}.png"), img)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    return root
+
+
+def test_batch_review_lists_sorts_labels_and_exports(qtbot, window, tmp_path):
+    w = window(autostart=False)
+    qtbot.waitUntil(lambda: w.inspector is not None, timeout=20_000)
+    folder = write_folder(tmp_path / "parts")
+    view = w.batch_view
+    view.folder.setText(str(folder))
+    view.run_button.click()
+    qtbot.waitUntil(lambda: w.batch_worker is None and view.run is not None, timeout=60_000)
+    rows = view.model.rows
+    assert len(rows) == 11 and sum(r.verdict == "ERROR" for r in rows) == 1
+    shown = [view.proxy.data(view.proxy.index(i, 2)) for i in range(view.proxy.rowCount())]
+    scores = [float(s) for s in shown if s]
+    assert scores == sorted(scores, reverse=True)    # worst first
+
+    view.kind.setCurrentText("ERROR")
+    assert view.proxy.rowCount() == 1
+    view.kind.setCurrentText("all")
+    view.table.selectRow(0)
+    view.label_selected("NG")
+    with sqlite3.connect(tmp_path / "results.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM items WHERE label='NG'").fetchone() == (1,)
+
+    out = tmp_path / "export.csv"
+    view.export(out, write_csv)
+    qtbot.waitUntil(out.exists, timeout=10_000)
+    assert len(list(csv.DictReader(out.open()))) == 11
+
+    again = BatchView(tmp_path / "results.sqlite")   # a past run reopens without scoring
+    qtbot.addWidget(again)
+    again.refresh_runs(select=view.run.id)
+    assert len(again.model.rows) == 11 and any(r.label == "NG" for r in again.model.rows)
+    again.close_store()
+
+
+def test_a_model_that_does_not_load_is_reported_and_the_previous_stays(qtbot, window, tmp_path):
+    w = window(autostart=False)
+    qtbot.waitUntil(lambda: w.inspector is not None, timeout=20_000)
+    before = w.inspector
+    bad = tmp_path / "models" / "broken.safetensors"
+    bad.parent.mkdir()
+    bad.write_text("not a model")
+    w.load_model(bad)
+    qtbot.waitUntil(lambda: w.banner.isVisible() and "Could not load" in w.banner.text(), timeout=10_000)
+    assert "previous model stays active" in w.banner.text()
+    assert w.inspector is before and "demo-eidn" in w.model_label.text()
+
+
+def test_a_missing_camera_is_reported_and_the_window_stays(qtbot, window):
+    w = window(autostart=False)
+    qtbot.waitUntil(lambda: w.inspector is not None, timeout=20_000)
+    w.source_kind.setCurrentIndex(w.source_kind.findData("camera"))
+    w.source_value.setText("97")
+    w.start()
+    qtbot.waitUntil(lambda: w.live_worker is None, timeout=20_000)
+    assert "cannot open camera 97" in w.banner.text()
+    assert w.isVisible() and w.start_action.isEnabled()
+
+
+def test_snapshot_saves_frame_overlay_and_result(qtbot, window, tmp_path):
+    w = window()
+    wait_for_update(qtbot, w)
+    w.snapshot()
+    files = sorted(p.name.split("-")[-1] for p in (tmp_path / "snapshots").iterdir())
+    assert files == ["frame.png", "overlay.png", "result.json"]
