@@ -65,6 +65,7 @@ def save_model(path: str | Path, detector: Detector, metadata: dict[str, Any]) -
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={_HEADER_KEY: json.dumps(metadata)})
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

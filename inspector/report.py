@@ -62,14 +62,15 @@ def _data_uri(img: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode() if ok else ""
 
 
-def _histogram_svg(items: list[ItemRow], bins: int = 40, width: int = 640, height: int = 180) -> str:
-    """Normalised scores of OK and NG items as stacked bars; the threshold (0.5) as a line."""
+def _histogram_svg(items: list[ItemRow], threshold: float = 0.5, bins: int = 40, width: int = 640,
+                   height: int = 180) -> str:
+    """Normalised scores of OK and NG items as stacked bars; the threshold as a line."""
     scores = np.array([r.normalised for r in items if r.normalised is not None])
     if scores.size == 0:
         return "<p>No scored items.</p>"
     edges = np.linspace(0.0, 1.0, bins + 1)
-    ok = np.histogram(scores[scores <= 0.5], edges)[0]
-    ng = np.histogram(scores[scores > 0.5], edges)[0]
+    ok = np.histogram(scores[scores <= threshold], edges)[0]
+    ng = np.histogram(scores[scores > threshold], edges)[0]
     top = max(1, int((ok + ng).max()))
     bw = width / bins
     bars = []
@@ -79,7 +80,7 @@ def _histogram_svg(items: list[ItemRow], bins: int = 40, width: int = 640, heigh
                 h, y = value / top * (height - 20), height - 20 - (value + base) / top * (height - 20)
                 bars.append(f'<rect x="{i * bw + 1:.1f}" y="{y:.1f}" width="{bw - 2:.1f}" height="{h:.1f}" '
                             f'fill="{colour}"><title>{edges[i]:.3f}–{edges[i + 1]:.3f}: {value}</title></rect>')
-    x_thr = width / 2
+    x_thr = width * threshold
     return (f'<svg width="{width}" height="{height}" role="img" aria-label="score histogram">'
             + "".join(bars)
             + f'<line x1="{x_thr}" y1="0" x2="{x_thr}" y2="{height - 20}" stroke="#222" stroke-dasharray="4 3"/>'
@@ -124,7 +125,8 @@ def write_html(store: ResultStore, run_id: int, path: str | Path) -> Path:
         f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>Inspection report: "
                 f"{html.escape(run.source)}</title><style>{_STYLE}</style></head><body>")
         f.write(f"<h1>Inspection report</h1><table class='summary'>{_summary_rows(run, counts)}</table>")
-        f.write(f"<h2>Score histogram</h2>{_histogram_svg(items)}")
+        threshold = run.settings.get("normalised_threshold", 0.5)
+        f.write(f"<h2>Score histogram</h2>{_histogram_svg(items, threshold)}")
         f.write("<h2>Items, worst first</h2><table><tr><th>#</th><th>verdict</th><th class='num'>score</th>"
                 "<th>item</th><th>image and heat map</th></tr>")
         for rank, row in enumerate(items, 1):
@@ -138,5 +140,6 @@ def write_html(store: ResultStore, run_id: int, path: str | Path) -> Path:
             label = f" (operator: {row.label})" if row.label else ""
             f.write(f"<tr><td>{rank}</td><td class='{row.verdict}'>{row.verdict}{label}</td><td class='num'>{score}"
                     f"</td><td>{html.escape(row.item)}</td><td>{cell}</td></tr>")
-        f.write(f"</table><p>Inspector {__version__}. Scores are normalised: 0.5 is the threshold.</p></body></html>")
+        f.write(f"</table><p>Inspector {__version__}. Scores are normalised: 0.5 is the calibrated threshold."
+                "</p></body></html>")
     return path

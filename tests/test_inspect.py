@@ -138,6 +138,8 @@ def test_bad_sources_and_options_exit_2(tiny_model, tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["inspect", "rtsp://127.0.0.1:9/none", "--model", str(tiny_model), *db]) == 2
     assert "cannot open rtsp://127.0.0.1:9/none" in capsys.readouterr().err
+    assert main(["inspect", "97", "--model", str(tiny_model), *db]) == 2
+    assert "cannot open camera 97" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path), "--model", str(tmp_path / "none.safetensors"), *db]) == 2
     assert "no such model file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
@@ -154,3 +156,22 @@ def test_bench_pipeline_prints_its_figures(tiny_model, tmp_path, capsys):
     assert keys == ["folder_items_per_s", "decode_only_items_per_s", "ratio", "live_fps", "live_latency_p50_ms",
                     "live_latency_p95_ms", "device"]
     assert float(line.split()[3].split("=")[1]) > 0
+
+
+def test_a_stream_that_dies_stops_cleanly_with_what_was_recorded(tiny_model, tmp_path):
+    from test_sources import FakeCapture
+
+    from inspector.inspection import InspectorSettings, load_inspector, run_inspection
+    from inspector.sources import CameraSource
+    from inspector.store import ResultStore
+
+    inspector, meta = load_inspector(tiny_model, InspectorSettings())
+    captures = iter([FakeCapture(5)])       # five frames, then the stream is gone for good
+    source = CameraSource("rtsp://line-3.invalid/cam", keep_latest=False, reconnect_attempts=2, max_backoff_s=0.01,
+                          opener=lambda spec: next(captures, FakeCapture(0, opened=False)))
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        run = store.start_run(source="cam", kind="camera", model=str(tiny_model), method="eidn", settings={},
+                              threshold=inspector.threshold)
+        summary = run_inspection(inspector, source, store, run)
+        assert summary.items == 5 and summary.status.startswith("stopped: lost")
+        assert store.run(run).status == summary.status and len(store.items(run)) == 5

@@ -117,7 +117,7 @@ class ItemsFilter(QSortFilterProxyModel):
 
     def set_filter(self, kind: str, text: str) -> None:
         self.kind, self.text = kind, text.lower()
-        self.invalidateFilter()
+        self.invalidate()   # invalidateFilter() is deprecated from Qt 6.10
 
     def filterAcceptsRow(self, source_row: int, source_parent) -> bool:  # noqa: N802
         row = self.sourceModel().rows[source_row]
@@ -157,8 +157,8 @@ class DetailPanel(pg.GraphicsLayoutWidget):
             return
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         h, w = rgb.shape[:2]
-        self.images[0].setImage(rgb, autoLevels=False, levels=(0, 255))
-        self.images[1].setImage(rgb, autoLevels=False, levels=(0, 255))
+        self.images[0].setImage(rgb, autoLevels=False)
+        self.images[1].setImage(rgb, autoLevels=False)
         if heat is not None:
             for item in (self.heat_over, self.images[2]):
                 item.setImage(heat, autoLevels=False, levels=(0.0, 1.0))
