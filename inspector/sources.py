@@ -7,7 +7,9 @@ Every source yields ``Frame``s, one interface for the CLI, the benchmark and the
   behind the line (the frames it skips are counted as dropped); a video file is read frame by frame
   with nothing dropped.  A live stream that dies is reopened with back-off, reported as a status.
 - ``FolderSource``: image files (a folder, recursively and sorted, or a list), decoded ahead in a
-  small thread pool.  Batch mode loses nothing: an unreadable file becomes a Frame with an error.
+  small thread pool, where an optional ``prepare`` step (cutting tiles, making thumbnails) runs
+  too, in parallel rather than on the inspecting thread.  Batch mode loses nothing: an unreadable
+  file becomes a Frame with an error.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -44,6 +46,8 @@ class Frame:
     index: int                   # position in the source (0-based)
     timestamp: float             # time.monotonic() when captured or decoded
     error: str | None = None
+    #: Work done ahead on the decoding thread (``FolderSource(prepare=...)``), e.g. the cut tiles.
+    prepared: dict[str, Any] = field(default_factory=dict)
 
 
 class Capture(Protocol):
@@ -258,7 +262,8 @@ class FolderSource:
     """
 
     def __init__(self, paths: str | Path | Iterable[str | Path], *, skip: Iterable[str] = (),
-                 workers: int | None = None, ahead: int | None = None) -> None:
+                 workers: int | None = None, ahead: int | None = None,
+                 prepare: Callable[[Frame], None] | None = None) -> None:
         if isinstance(paths, str | Path):
             root = Path(paths)
             if root.is_dir():
@@ -278,16 +283,19 @@ class FolderSource:
         self.total = len(self.files)
         self.workers = workers or default_workers()
         self.ahead = ahead or 4 * self.workers
+        self.prepare = prepare
         self.dropped = 0
         self.status = "running"
 
-    @staticmethod
-    def _decode(path: Path, index: int) -> Frame:
+    def _decode(self, path: Path, index: int) -> Frame:
         try:
             image, error = read_image(path), None
         except ImageReadError as exc:
             image, error = None, str(exc).removeprefix(f"{path}: ")
-        return Frame(image, str(path), index, time.monotonic(), error)
+        frame = Frame(image, str(path), index, time.monotonic(), error)
+        if self.prepare is not None and image is not None:
+            self.prepare(frame)
+        return frame
 
     def __iter__(self) -> Iterator[Frame]:
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode") as pool:

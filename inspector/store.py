@@ -105,21 +105,34 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def thumbnail_size(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(width, height) of an image's thumbnail: the longest side THUMB_SIDE, never enlarged."""
+    h, w = shape[:2]
+    scale = min(1.0, THUMB_SIDE / max(h, w))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def image_thumbnail(image: np.ndarray) -> bytes | None:
+    """The image's thumbnail as JPEG."""
+    size = thumbnail_size(image.shape)
+    # Area averaging only where it matters (strong shrinking): it costs several times more.
+    strong = size[0] < image.shape[1] / 2
+    thumb = cv2.resize(image, size, interpolation=cv2.INTER_AREA if strong else cv2.INTER_LINEAR)
+    ok, jpeg = cv2.imencode(".jpg", thumb, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return jpeg.tobytes() if ok else None
+
+
 def thumbnails(result: FrameResult) -> tuple[bytes | None, bytes | None]:
-    """JPEG of the image and PNG of the 8-bit heat map, both with the longest side THUMB_SIDE."""
+    """JPEG of the image (made ahead when the result carries it) and PNG of the 8-bit heat map."""
     if result.image is None:
         return None, None
-    h, w = result.image.shape[:2]
-    scale = min(1.0, THUMB_SIDE / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    # Area averaging only where it matters (strong shrinking): it costs several times more.
-    thumb = cv2.resize(result.image, size, interpolation=cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR)
-    ok, jpeg = cv2.imencode(".jpg", thumb, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    jpeg = result.thumbnail if result.thumbnail is not None else image_thumbnail(result.image)
+    width, height = thumbnail_size(result.image.shape)
+    heat = result.heat_at((height, width))
     heat_png = None
-    heat = result.heat_at((size[1], size[0]))
     if heat is not None:
         heat_png = cv2.imencode(".png", np.clip(heat * 255, 0, 255).astype(np.uint8))[1].tobytes()
-    return (jpeg.tobytes() if ok else None), heat_png
+    return jpeg, heat_png
 
 
 def decode_thumbnails(thumb: bytes | None, heat: bytes | None) -> tuple[np.ndarray | None, np.ndarray | None]:

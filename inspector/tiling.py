@@ -17,11 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .heatmap import SMOOTHING_SIGMA
 from .tensors import fit_tile
-
-#: Smoothing of a stitched difference map, in model pixels: single-pixel reconstruction noise is
-#: not a defect (anomalib smooths its maps the same way).
-MAP_SMOOTHING_SIGMA = 1.0
 
 Roi = tuple[int, int, int, int]  # x, y, width, height in frame pixels
 
@@ -148,7 +145,7 @@ def smooth_maps(maps: np.ndarray) -> np.ndarray:
     out = np.empty_like(maps)
     for start in range(0, len(maps), 512):
         chunk = np.ascontiguousarray(maps[start:start + 512].transpose(1, 2, 0))
-        blurred = cv2.GaussianBlur(chunk, (0, 0), MAP_SMOOTHING_SIGMA, borderType=cv2.BORDER_REFLECT)
+        blurred = cv2.GaussianBlur(chunk, (0, 0), SMOOTHING_SIGMA, borderType=cv2.BORDER_REFLECT)
         out[start:start + 512] = blurred.reshape(chunk.shape).transpose(2, 0, 1)
     return out
 

@@ -126,10 +126,10 @@ def test_ctrl_c_ends_the_run_cleanly_with_what_was_done(tiny_model, tmp_path, mo
     monkeypatch.setattr(pipeline.Inspector, "inspect_batch", interrupted_later)
     report = tmp_path / "r.html"
     rc = main(["inspect", str(folder), "--model", str(tiny_model), "--db", str(tmp_path / "r.sqlite"),
-               "--report", str(report)])
+               "--report", str(report), "--tile", "48"])
     assert rc == 130
-    assert last_line(capsys).startswith("items=16 ")          # two batches of 8 were done
-    assert report.read_text().count("<tr><td>") >= 16
+    assert last_line(capsys).startswith("items=8 ")     # two batches of 4 images (64 tiles) were done
+    assert report.read_text().count("<tr><td>") >= 8
 
 
 def test_bad_sources_and_options_exit_2(tiny_model, tmp_path, capsys):

@@ -92,3 +92,23 @@ def test_overlay_draws_heat_boxes_and_verdict(darkness_inspector):
     plain = render(result, heat=False, boxes=False, text=False)
     assert np.array_equal(plain, image)
     assert (drawn[2:10, 2:10] != image[2:10, 2:10]).any()          # the verdict label
+
+
+def test_frame_calibration_holds_the_false_alarm_rate_per_frame(darkness_inspector):
+    from inspector.calibration import calibrate
+    from inspector.pipeline import Inspector, calibrate_frames
+
+    rng = np.random.default_rng(0)
+    frames = [np.clip(rng.normal(200, 30, (96, 128, 3)), 0, 255).astype(np.uint8) for _ in range(200)]
+    inspector = darkness_inspector(tile=16)                # 48 tiles a frame
+    fit, held_out = frames[:100], frames[100:]
+
+    def flagged(insp, images):
+        return np.mean([insp.inspect(frame_of(f)).verdict == NG for f in images])
+
+    tiles = np.concatenate([inspector.inspect(frame_of(f)).tile_scores for f in fit])
+    per_tile = Inspector(inspector.detector, calibrate(tiles, false_alarm_rate=0.05), tile=16)
+    per_frame = Inspector(inspector.detector, calibrate_frames(inspector, fit, false_alarm_rate=0.05), tile=16)
+    assert flagged(per_tile, held_out) > 0.5               # about 1 - 0.95^48 of good frames
+    assert flagged(per_frame, fit) <= 0.05
+    assert flagged(per_frame, held_out) < 0.15

@@ -224,7 +224,10 @@ class BatchView(QWidget):
         self.table.setSortingEnabled(True)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.verticalHeader().setDefaultSectionSize(52)
-        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(1, QHeaderView.Stretch)
+        for column, width in ((0, 70), (2, 60), (3, 80), (4, 70)):
+            header.resizeSection(column, width)
         self.table.selectionModel().currentRowChanged.connect(self._current_changed)
 
         mark_ok, mark_ng, unmark = QPushButton("Mark OK (O)"), QPushButton("Mark NG (N)"), QPushButton("Clear label")

@@ -225,13 +225,14 @@ class MainWindow(QMainWindow):
                 self._show_current_model()
                 return
             path = chosen
-            if self.model_box.findData(path) < 0:
-                self.model_box.insertItem(self.model_box.count() - 1, Path(path).stem, path)
         self.load_model(Path(path))
 
     def _show_current_model(self) -> None:
-        if self.model_path is not None:
-            self.model_box.setCurrentIndex(max(0, self.model_box.findData(str(self.model_path))))
+        if self.model_path is None:
+            return
+        if self.model_box.findData(str(self.model_path)) < 0:
+            self.model_box.insertItem(self.model_box.count() - 1, self.model_path.stem, str(self.model_path))
+        self.model_box.setCurrentIndex(self.model_box.findData(str(self.model_path)))
 
     def inspector_settings(self) -> InspectorSettings:
         s = self.settings
