@@ -118,6 +118,10 @@ def _add_tiling_args(p: argparse.ArgumentParser) -> None:
                    help="cut frames into N x N pixel tiles, each scored (default: each image whole, as one tile)")
     p.add_argument("--stride", type=_positive_int, metavar="N", help="tile step in pixels (default: the tile size)")
     p.add_argument("--roi", type=_roi, metavar="X,Y,W,H", help="inspect only this region of each frame")
+    _add_inference_args(p)
+
+
+def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default: CUDA GPU if present), cpu, cuda, cuda:N")
     p.add_argument("--half", action="store_true", help="float16 inference on a CUDA GPU")
 
@@ -164,8 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-pipeline", help="measure folder and live throughput and latency of the pipeline")
     p.add_argument("--model", type=Path, required=True, help="model file written by 'train'")
     p.add_argument("--folder", type=Path, required=True, help="a folder of images (read recursively)")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA GPU if present), cpu, cuda, cuda:N")
-    p.add_argument("--half", action="store_true", help="float16 inference on a CUDA GPU")
+    _add_inference_args(p)
     p.add_argument("--live-tile", type=_positive_int, default=LIVE_TILE,
                    help=f"tile size for the live 1280x720 frames, in frame pixels (default {LIVE_TILE})")
     p.add_argument("--live-stride", type=_positive_int, help="tile stride for the live frames (default: the tile)")
@@ -390,5 +393,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, TrainingCancelled):
-        print("\ncancelled: no model file was written", file=sys.stderr)
+        training = args.command in ("train", "bench")
+        print("\ncancelled" + (": no model file was written" if training else ""), file=sys.stderr)
         return EXIT_CANCELLED

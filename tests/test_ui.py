@@ -166,3 +166,26 @@ def test_snapshot_saves_frame_overlay_and_result(qtbot, window, tmp_path):
     w.snapshot()
     files = sorted(p.name.split("-")[-1] for p in (tmp_path / "snapshots").iterdir())
     assert files == ["frame.png", "overlay.png", "result.json"]
+
+
+def test_a_camera_lost_mid_run_shows_a_banner_and_the_window_stays(qtbot, window, monkeypatch):
+    from test_sources import FakeCapture
+
+    import inspector.ui.workers as workers
+    from inspector.sources import CameraSource
+
+    def flaky_camera(spec, on_status):     # 20 frames, then the stream is gone for good
+        captures = iter([FakeCapture(20, period=0.01)])
+        return CameraSource(0, opener=lambda _: next(captures, FakeCapture(0, opened=False)), on_status=on_status,
+                            max_backoff_s=0.05)
+
+    monkeypatch.setattr(workers, "open_live_source", flaky_camera)
+    w = window(autostart=False)
+    qtbot.waitUntil(lambda: w.inspector is not None, timeout=20_000)
+    w.source_kind.setCurrentIndex(w.source_kind.findData("camera"))
+    w.source_value.setText("0")
+    w.start()
+    qtbot.waitUntil(lambda: "Camera lost" in w.banner.text(), timeout=20_000)
+    assert "reconnecting (attempt" in w.banner.text() and w.isVisible()
+    qtbot.waitUntil(lambda: w.live_worker is None, timeout=30_000)     # 5 attempts, then a clean stop
+    assert "Source stopped: lost" in w.banner.text() and w.isVisible()

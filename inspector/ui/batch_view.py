@@ -8,6 +8,7 @@ the operator's OK / NG labels are saved the moment they are given.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -104,7 +105,7 @@ class ItemsModel(QAbstractTableModel):
     def set_label(self, source_row: int, label: str | None) -> None:
         row = self.rows[source_row]
         self.store.set_label(row.id, label)
-        self.rows[source_row] = ItemRow(**{**row.__dict__, "label": label})
+        self.rows[source_row] = dataclasses.replace(row, label=label)
         self.dataChanged.emit(self.index(source_row, 0), self.index(source_row, len(COLUMNS) - 1))
 
 

@@ -173,7 +173,6 @@ class LiveView(QWidget):
 
     thresholdChanged = Signal(float)
     roiChanged = Signal(object)
-    shown = Signal()
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -246,7 +245,6 @@ class LiveView(QWidget):
         splitter.setStretchFactor(1, 2)
         outer = QVBoxLayout(self)
         outer.addWidget(splitter)
-        self.splitter = splitter
         self.trace_scores: deque[float] = deque(maxlen=TRACE_LENGTH)
         self._last_plot = 0.0
         self.last_update: LiveUpdate | None = None
@@ -282,4 +280,3 @@ class LiveView(QWidget):
             self._last_plot = now
             self.trace_curve.setData(np.array(self.trace_scores))
             self.embedding.redraw(self.threshold_spin.value())
-        self.shown.emit()

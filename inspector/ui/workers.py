@@ -29,12 +29,9 @@ from ..synthetic import DEMO_NAME, demo_source
 
 log = logging.getLogger(__name__)
 
-SOURCE_KINDS = ("demo", "camera", "url", "video", "folder")
-
-
 @dataclass(frozen=True)
 class SourceSpec:
-    kind: str          # one of SOURCE_KINDS
+    kind: str          # demo, camera, url, video or folder
     value: str = ""    # camera index, URL or path
 
     def describe(self) -> str:
