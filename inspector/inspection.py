@@ -25,7 +25,7 @@ from .pipeline import ERROR, NG, FrameResult, Inspector
 from .progress import Progress, ProgressCallback
 from .sources import CameraSource, FolderSource, Frame
 from .store import ResultStore, image_thumbnail
-from .tiling import Roi
+from .tiling import Roi, TilingError
 from .training import device_name, resolve_device
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,15 @@ def prepare_ahead(inspector: Inspector) -> Callable[[Frame], None]:
     return prepare
 
 
+def _tile_count(inspector: Inspector, frame: Frame) -> int:
+    if frame.image is None:
+        return 0
+    try:
+        return len(inspector.grid(frame.image.shape))
+    except TilingError:      # inspect_batch records it as the frame's error
+        return 0
+
+
 def run_inspection(inspector: Inspector, source: CameraSource | FolderSource, store: ResultStore, run_id: int, *,
                    out_dir: Path | None = None, max_frames: int | None = None, already_done: int = 0,
                    progress: ProgressCallback | None = None, should_cancel: Callable[[], bool] | None = None,
@@ -160,7 +169,7 @@ def run_inspection(inspector: Inspector, source: CameraSource | FolderSource, st
     try:
         for frame in source:
             batch.append(frame)
-            tiles += len(inspector.grid(frame.image.shape)) if frame.image is not None else 0
+            tiles += _tile_count(inspector, frame)
             if live or tiles >= BATCH_TILES or len(batch) >= BATCH_FRAMES or (
                     max_frames is not None and summary.items + len(batch) >= max_frames):
                 handle(batch)

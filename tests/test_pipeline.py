@@ -1,6 +1,7 @@
 """The Inspector: a defect in one tile makes that tile the frame's score, box and hot spot."""
 
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -112,3 +113,19 @@ def test_frame_calibration_holds_the_false_alarm_rate_per_frame(darkness_inspect
     assert flagged(per_tile, held_out) > 0.5               # about 1 - 0.95^48 of good frames
     assert flagged(per_frame, fit) <= 0.05
     assert flagged(per_frame, held_out) < 0.15
+
+
+def test_a_region_outside_a_frame_is_that_frames_error_not_the_runs(darkness_inspector, tmp_path):
+    from inspector.inspection import run_inspection
+    from inspector.sources import FolderSource
+    from inspector.store import ResultStore
+
+    cv2.imwrite(str(tmp_path / "big.png"), grey_frame(200, 200))
+    cv2.imwrite(str(tmp_path / "small.png"), grey_frame(40, 40))
+    inspector = darkness_inspector(tile=32, roi=(100, 100, 64, 64))
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        run = store.start_run(source="f", kind="folder", model="m", method="darkness", settings={}, threshold=0.3)
+        summary = run_inspection(inspector, FolderSource(tmp_path), store, run)
+        rows = {Path(r.item).name: r for r in store.items(run)}
+    assert summary.items == 2 and summary.errors == 1
+    assert rows["big.png"].verdict == OK and "outside" in rows["small.png"].error
