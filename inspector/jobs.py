@@ -116,7 +116,7 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
     labelled = load_tiles(defect_paths, size=size, channels=channels) if defect_paths else None
     if len(normal.tiles) == 0 or len(holdout.tiles) == 0:
         raise DatasetError(f"{opts.data}: none of the good training images could be read")
-    pseudo = make_pseudo_anomalies(normal.tiles, PSEUDO_POOL, rng) if cls.uses_anomalies else None
+    pseudo = make_pseudo_anomalies(normal.tiles, PSEUDO_POOL, rng) if detector.wants_pseudo_anomalies else None
     data = TrainingData(normal.tiles, labelled.tiles if labelled else None, pseudo)
 
     d = cls.defaults

@@ -91,7 +91,8 @@ class TrainingData:
 class _BatchSampler:
     """Draws batches from the training data kept on the device as uint8 (no copy per step)."""
 
-    def __init__(self, data: TrainingData, device: torch.device, uses_anomalies: bool, flips: bool) -> None:
+    def __init__(self, data: TrainingData, device: torch.device, uses_anomalies: bool, flips: bool,
+                 needs_anomalies: bool = False) -> None:
         def put(arr):
             return None if arr is None or len(arr) == 0 else torch.from_numpy(arr).to(device)
 
@@ -101,7 +102,7 @@ class _BatchSampler:
         self.labelled = put(data.labelled) if uses_anomalies else None
         self.pseudo = put(data.pseudo) if uses_anomalies else None
         self.share = data.labelled_share if self.pseudo is not None else 1.0
-        if uses_anomalies and self.labelled is None and self.pseudo is None:
+        if needs_anomalies and self.labelled is None and self.pseudo is None:
             raise ValueError("this method learns from anomalies: give labelled defects or pseudo-anomalies")
 
     def _draw(self, pool: torch.Tensor, n: int) -> torch.Tensor:
@@ -180,7 +181,7 @@ def train(detector: Detector, data: TrainingData, config: TrainConfig, *,
     state is saved after every epoch, and ``resume`` continues from the file if it is there.
     """
     device = detector.device
-    sampler = _BatchSampler(data, device, detector.uses_anomalies, config.flips)
+    sampler = _BatchSampler(data, device, detector.uses_anomalies, config.flips, detector.needs_anomalies)
     detector.make_optimizers()
     start_epoch, steps_done, seconds_before = 0, 0, 0.0
     ckpt = config.checkpoint_path

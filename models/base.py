@@ -68,6 +68,8 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
     method: ClassVar[str] = ""
     #: The method learns from anomalous samples (labelled defects, else synthetic pseudo-anomalies).
     uses_anomalies: ClassVar[bool] = False
+    #: ... and cannot train without them (EIDN's triplets); AGAD can, from normal samples alone.
+    needs_anomalies: ClassVar[bool] = False
     #: ``infer`` returns a per-pixel difference map.
     has_difference_map: ClassVar[bool] = False
     defaults: ClassVar[TrainingDefaults]
@@ -105,6 +107,11 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def infer(self, x: torch.Tensor) -> Inference:
         """Scores (and maps / embeddings) for a batch of tiles, in eval mode and without grad."""
+
+    @property
+    def wants_pseudo_anomalies(self) -> bool:
+        """Whether the training engine should paint synthetic pseudo-anomalies for this detector."""
+        return self.uses_anomalies
 
     def after_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
         """Hook at the end of every epoch (schedules, resets); returns anything worth logging."""

@@ -69,6 +69,7 @@ class EmbeddingNet(nn.Module):
 class EIDN(Detector):
     method = "eidn"
     uses_anomalies = True
+    needs_anomalies = True
     # The paper's schedule: 50 epochs x 100 steps x 128 triplets, Adam, 32x32 inputs.  64x64 tiles
     # with a shorter schedule measured worse on magnetic tiles (README, "EIDN settings").
     defaults = TrainingDefaults(epochs=50, steps_per_epoch=100, batch_size=128, size=32)

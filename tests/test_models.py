@@ -9,7 +9,7 @@ from models.eidn import sample_triplets, triplet_loss
 
 
 def test_registry_lists_methods_and_rejects_unknown():
-    assert {"ae", "eidn"} <= set(models.method_names())
+    assert {"ae", "agad", "ede", "eidn"} <= set(models.method_names())
     with pytest.raises(models.UnknownMethodError, match="available methods: .*eidn"):
         models.get_method("nope")
 
@@ -44,7 +44,7 @@ def test_triplet_sampling_follows_eq_4_and_5():
     assert 0.3 < y_is_one.float().mean() < 0.7   # anchors 0 and 1 with equal odds
 
 
-@pytest.mark.parametrize("method", ["ae", "eidn"])
+@pytest.mark.parametrize("method", ["ae", "eidn", "agad", "ede"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shapes_at_default_size(method, channels):
     cls = models.get_method(method)

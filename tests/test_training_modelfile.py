@@ -95,7 +95,7 @@ def saved(tmp_path, method="eidn"):
     return det, path
 
 
-@pytest.mark.parametrize("method", ["ae", "eidn"])
+@pytest.mark.parametrize("method", ["ae", "eidn", "agad", "ede"])
 def test_model_file_round_trip(tmp_path, method):
     det, path = saved(tmp_path, method)
     loaded, meta = load_model(path)

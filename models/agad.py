@@ -1,0 +1,238 @@
+"""AGAD — Adversarial Generative Anomaly Detection (seeds/agad.txt; METHODS.md section 2).
+
+A GANomaly-style pair: a generator G reconstructs the tile, a VGG-like discriminator D tells real
+tiles from reconstructions and exposes its latent features.  AGAD's idea is the *contextual
+adversarial information*: the reconstruction x^ = G(x) is treated as a pseudo-anomaly that G must
+fail to reconstruct again (the ``- l_adcon ||x^ - G(x^)||_1`` term), and labelled anomalies, where
+there are some, enter with reciprocal loss terms (the paper's "smoother training curve").
+
+Generator: the paper's naive encoder-decoder (Table 7: four Conv k4 s2 p1 layers 64-128-256-100
+with BN and LeakyReLU(0.2), a mirrored ConvTranspose decoder with BN and ReLU) or a UNet with the
+same layers and skip connections.  UNet++ is left out: the paper measures it 3x slower than UNet
+(Table 8) and our 15-minute CPU training budget has no room for it.
+
+Score = ||x - G(x)||_2 (as the mean squared error of the tile); difference map = |x - G(x)|.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Detector, Inference, TrainBatch, TrainingDefaults, register
+from .blocks import down
+
+#: GANomaly re-initialises its discriminator when its loss falls below this (METHODS.md).
+D_COLLAPSE = 1e-5
+#: Keeps the reciprocal terms finite when a term reaches zero.
+EPS = 1e-6
+GENERATOR_WIDTHS = (64, 128, 256, 100)        # Table 7
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    adv: float = 1.0
+    con: float = 50.0
+    adcon: float = 15.0
+    lat: float = 5.0
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def generator_loss_normal(y_hat: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, x_hat2: torch.Tensor,
+                          z: torch.Tensor, z_hat: torch.Tensor, w: LossWeights,
+                          contextual: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    """Normal tiles: l_adv BCE(y^, 1) + l_con ||x - x^||_1 - l_adcon ||x^ - x^'||_1 + l_lat ||z - z^||_2^2."""
+    adv, con = _bce(y_hat, 1.0), (x - x_hat).abs().mean()
+    adcon, lat = (x_hat - x_hat2).abs().mean(), (z - z_hat).pow(2).mean()
+    total = w.adv * adv + w.con * con + w.lat * lat
+    if contextual:
+        total = total - w.adcon * adcon
+    return total, {"g_adv": adv.item(), "g_con": con.item(), "g_adcon": adcon.item(), "g_lat": lat.item()}
+
+
+def generator_loss_anomalous(ya_hat: torch.Tensor, xa: torch.Tensor, xa_hat: torch.Tensor, xa_hat2: torch.Tensor,
+                             za: torch.Tensor, za_hat: torch.Tensor, w: LossWeights,
+                             fail_reconstruction: bool = False) -> torch.Tensor:
+    """Labelled anomalies, reciprocal terms: l_adv / BCE(y^, 0) + l_adcon / ||x^ - x^'||_1 + l_lat / ||z - z^||_2^2.
+
+    With ``fail_reconstruction`` also l_con / ||x_a - G(x_a)||_1 (the paper's eq. 3 goal: G should
+    not reconstruct anomalies).
+    """
+    total = (w.adv / (_bce(ya_hat, 0.0) + EPS) + w.adcon / ((xa_hat - xa_hat2).abs().mean() + EPS)
+             + w.lat / ((za - za_hat).pow(2).mean() + EPS))
+    if fail_reconstruction:
+        total = total + w.con / ((xa - xa_hat).abs().mean() + EPS)
+    return total
+
+
+def discriminator_loss(y: torch.Tensor, y_hat: torch.Tensor, ya: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE(y^, 0) + BCE(y, 1) on normal tiles and their reconstructions, + BCE(y_a, 0) on anomalies."""
+    loss = _bce(y_hat, 0.0) + _bce(y, 1.0)
+    if ya is not None:
+        loss = loss + _bce(ya, 0.0)
+    return loss
+
+
+class Generator(nn.Module):
+    """Table 7's encoder-decoder; with ``unet`` each decoder stage also gets its encoder stage's output."""
+
+    def __init__(self, *, size: int, channels: int, unet: bool = False) -> None:
+        super().__init__()
+        if size % 16:
+            raise ValueError(f"AGAD's generator halves the tile four times: size must be a multiple of 16, got {size}")
+        self.unet = unet
+        ws = GENERATOR_WIDTHS
+        self.down = nn.ModuleList([down(c_in, c_out, bn=True) for c_in, c_out in
+                                   zip((channels, *ws[:-1]), ws, strict=True)])
+        skip = 2 if unet else 1
+        outs = (*ws[-2::-1], channels)                           # 256, 128, 64, C
+        ins = (ws[-1], *(c * skip for c in ws[-2::-1]))          # 100, then each with its skip
+        ups = []
+        for i, (c_in, c_out) in enumerate(zip(ins, outs, strict=True)):
+            last = i == len(outs) - 1
+            layers: list[nn.Module] = [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=last)]
+            layers += [nn.Tanh()] if last else [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            ups.append(nn.Sequential(*layers))
+        self.up = nn.ModuleList(ups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for layer in self.down:
+            x = layer(x)
+            skips.append(x)
+        for i, layer in enumerate(self.up):
+            if self.unet and i > 0:
+                x = torch.cat([x, skips[-1 - i]], dim=1)
+            x = layer(x)
+        return x
+
+
+class Discriminator(nn.Module):
+    """Two Conv-BN-LeakyReLU blocks (VGG-like) and a fully convolutional classifier.
+
+    Returns the real/fake logit (B,) and the latent features D_z(x) (B, 128, S/4, S/4).
+    """
+
+    def __init__(self, *, size: int, channels: int, width: int = 64) -> None:
+        super().__init__()
+        self.features = nn.Sequential(down(channels, width, bn=False), down(width, 2 * width))
+        self.classifier = nn.Conv2d(2 * width, 1, size // 4, 1, 0)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.features(x)
+        return self.classifier(z).flatten(), z
+
+
+def _reset(module: nn.Module) -> None:
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+
+
+@register
+class AGAD(Detector):
+    method = "agad"
+    uses_anomalies = True
+    has_difference_map = True
+    # The paper trains 32x32 tiles with batches of 256 on a GPU; on our 2-core CPU budget (a bench
+    # run within minutes) batches of 64 normal tiles (+ at least 32 anomalies when labelled ones exist).
+    defaults = TrainingDefaults(epochs=15, steps_per_epoch=60, batch_size=64, size=32)
+
+    def __init__(self, *, size: int = 32, channels: int = 3, generator: str = "naive", lr: float = 2e-4,
+                 w_adv: float = 1.0, w_con: float = 50.0, w_adcon: float = 15.0, w_lat: float = 5.0,
+                 contextual_adversarial: bool = True, fail_anomaly_reconstruction: bool = False,
+                 pseudo_anomalies: bool = False, min_anomalies: int = 32) -> None:
+        super().__init__(size=size, channels=channels)
+        if generator not in ("naive", "unet"):
+            raise ValueError(f"generator must be 'naive' or 'unet', got {generator!r}")
+        self._store_hparams(generator=generator, lr=lr, w_adv=w_adv, w_con=w_con, w_adcon=w_adcon, w_lat=w_lat,
+                            contextual_adversarial=contextual_adversarial,
+                            fail_anomaly_reconstruction=fail_anomaly_reconstruction,
+                            pseudo_anomalies=pseudo_anomalies, min_anomalies=min_anomalies)
+        self.G = Generator(size=size, channels=channels, unet=generator == "unet")
+        self.D = Discriminator(size=size, channels=channels)
+        self.weights = LossWeights(w_adv, w_con, w_adcon, w_lat)
+        self.lr = lr
+        self.contextual = contextual_adversarial
+        self.fail_reconstruction = fail_anomaly_reconstruction
+        self.pseudo = pseudo_anomalies
+        self.min_anomalies = min_anomalies
+        self.d_resets = 0
+
+    @property
+    def wants_pseudo_anomalies(self) -> bool:
+        """The paper trains on normal tiles (plus labelled anomalies); synthetic ones only on request."""
+        return self.pseudo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.G(x)
+
+    def make_optimizers(self) -> None:
+        betas = (0.5, 0.999)
+        self.optimizers = [torch.optim.Adam(self.G.parameters(), lr=self.lr, betas=betas),
+                           torch.optim.Adam(self.D.parameters(), lr=self.lr, betas=betas)]
+
+    def _anomalies(self, batch: TrainBatch) -> torch.Tensor | None:
+        """The anomalous rows to learn from: labelled ones (and pseudo-anomalies if asked for)."""
+        xa = batch.anomalous
+        if xa is None or len(xa) == 0:
+            return None
+        if not self.pseudo and batch.anomalous_is_real is not None:
+            xa = xa[batch.anomalous_is_real]
+        n = max(self.min_anomalies, len(batch.normal) // 4)
+        return xa[:n] if len(xa) else None
+
+    def training_step(self, batch: TrainBatch, *, epoch: int, epochs: int) -> dict[str, float]:
+        opt_g, opt_d = self.optimizers
+        x, xa = batch.normal, self._anomalies(batch)
+        w = self.weights
+
+        # Generator: reconstruct normal tiles, fail on their reconstructions (and on anomalies).
+        x_hat = self.G(x)
+        x_hat2 = self.G(x_hat)
+        y_hat, z_hat = self.D(x_hat)
+        with torch.no_grad():
+            z = self.D(x)[1]
+        loss_g, logs = generator_loss_normal(y_hat, x, x_hat, x_hat2, z, z_hat, w, self.contextual)
+        if xa is not None:
+            xa_hat = self.G(xa)
+            ya_hat, za_hat = self.D(xa_hat)
+            with torch.no_grad():
+                za = self.D(xa)[1]
+            loss_g = loss_g + generator_loss_anomalous(ya_hat, xa, xa_hat, self.G(xa_hat), za, za_hat, w,
+                                                       self.fail_reconstruction)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+        # Discriminator: real normal tiles vs reconstructions (and anomalies).
+        y = self.D(x)[0]
+        y_fake = self.D(x_hat.detach())[0]
+        ya = self.D(xa)[0] if xa is not None else None
+        loss_d = discriminator_loss(y, y_fake, ya)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        if loss_d.item() < D_COLLAPSE:
+            self.reset_discriminator()
+        return {"loss_g": loss_g.item(), "loss_d": loss_d.item(), **logs}
+
+    def reset_discriminator(self) -> None:
+        """Re-initialise D (and its optimiser's state) after its loss collapsed (GANomaly's remedy)."""
+        self.D.apply(_reset)
+        self.optimizers[1].state.clear()
+        self.d_resets += 1
+
+    def after_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
+        return {"d_resets": float(self.d_resets)}
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> Inference:
+        self.eval()
+        diff = (x - self.G(x)).abs()
+        return Inference(scores=diff.pow(2).mean(dim=(1, 2, 3)), maps=diff.mean(dim=1, keepdim=True))

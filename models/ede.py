@@ -1,0 +1,133 @@
+"""EDE — two encoder-decoder-encoder paths with shared autoencoders (seeds/ede-shared-autoencoders.txt;
+METHODS.md section 3).
+
+Encoders E1, E2 and decoders D1, D2 make two paths that share E1 and E2: EDE1 = E1 -> D1 -> E2 and
+EDE2 = E1 -> D2 -> E2.  Trained on normal tiles only, in the USAD manner: at epoch n the
+reconstruction phase weighs 1/n and the adversarial phase 1 - 1/n, in which EDE1 learns to tell
+real tiles from EDE2's reconstructions (x1' = D1(E2(D2(E1(x))))) and EDE2 learns to fool it.
+One optimiser per path.
+
+Score = w1 ||z - z2||^2 + w2 ||z - z1'||^2 with w2 = 1 - w1; ``score_w1`` may be changed after
+loading (the operator's sensitivity knob).  The difference map combines |x - x2| and |x - x1'|
+with the same weights, averaged over channels.  The paper gives no values for the loss weights
+alpha (image) and beta (latent); both are 1 here.
+
+Ablation switches (the paper's Table 5): ``paths=1`` trains EDE1 alone on reconstruction
+(score ||z - z1||^2, map |x - x1|); ``adversarial=False`` keeps both paths on reconstruction only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import Detector, Inference, TrainBatch, TrainingDefaults, register
+from .blocks import Decoder, Encoder
+
+
+def phase_weights(epoch: int) -> tuple[float, float]:
+    """(1/n, 1 - 1/n) at epoch n (1-based): reconstruction first, the adversarial game later."""
+    return 1.0 / epoch, 1.0 - 1.0 / epoch
+
+
+@dataclass
+class Passes:
+    z: torch.Tensor
+    x1: torch.Tensor
+    x2: torch.Tensor
+    z1: torch.Tensor
+    z2: torch.Tensor
+    x1p: torch.Tensor
+    z1p: torch.Tensor
+
+
+def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).pow(2).mean()
+
+
+def ede_losses(x: torch.Tensor, p: Passes, epoch: int, alpha: float = 1.0, beta: float = 1.0,
+               adversarial: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_EDE1, L_EDE2) at epoch n:
+
+    L_EDE1 = 1/n (a||x - x1||^2 + b||z - z1||^2) - (1 - 1/n)(a||x - x1'||^2 + b||z - z1'||^2)
+    L_EDE2 = 1/n (a||x - x2||^2 + b||z - z2||^2) + (1 - 1/n)(a||x - x1'||^2 + b||z - z1'||^2)
+    Without ``adversarial`` only the reconstruction terms, at full weight.
+    """
+    rec1 = alpha * _mse(x, p.x1) + beta * _mse(p.z, p.z1)
+    rec2 = alpha * _mse(x, p.x2) + beta * _mse(p.z, p.z2)
+    if not adversarial:
+        return rec1, rec2
+    first, second = phase_weights(epoch)
+    adv = alpha * _mse(x, p.x1p) + beta * _mse(p.z, p.z1p)
+    return first * rec1 - second * adv, first * rec2 + second * adv
+
+
+@register
+class EDE(Detector):
+    method = "ede"
+    has_difference_map = True
+    defaults = TrainingDefaults(epochs=20, steps_per_epoch=50, batch_size=64, size=32)
+
+    def __init__(self, *, size: int = 32, channels: int = 3, latent: int = 100, base_width: int = 32,
+                 lr: float = 1e-3, alpha: float = 1.0, beta: float = 1.0, score_w1: float = 0.5, paths: int = 2,
+                 adversarial: bool = True) -> None:
+        super().__init__(size=size, channels=channels)
+        if paths not in (1, 2):
+            raise ValueError(f"paths must be 1 or 2, got {paths}")
+        if not 0.0 <= score_w1 <= 1.0:
+            raise ValueError(f"score_w1 must be in [0, 1], got {score_w1}")
+        self._store_hparams(latent=latent, base_width=base_width, lr=lr, alpha=alpha, beta=beta, score_w1=score_w1,
+                            paths=paths, adversarial=adversarial)
+        shape = {"size": size, "channels": channels, "latent": latent, "base_width": base_width}
+        self.E1 = Encoder(**shape, final=nn.Tanh())
+        self.E2 = Encoder(**shape, final=nn.Tanh())
+        self.D1 = Decoder(**shape)
+        self.D2 = Decoder(**shape) if paths == 2 else None
+        self.lr, self.alpha, self.beta = lr, alpha, beta
+        self.score_w1 = score_w1
+        self.paths, self.adversarial = paths, adversarial and paths == 2
+
+    def passes(self, x: torch.Tensor) -> Passes:
+        z = self.E1(x)
+        x1 = self.D1(z)
+        z1 = self.E2(x1)
+        if self.D2 is None:
+            return Passes(z, x1, x1, z1, z1, x1, z1)
+        x2 = self.D2(z)
+        z2 = self.E2(x2)
+        x1p = self.D1(z2)
+        return Passes(z, x1, x2, z1, z2, x1p, self.E2(x1p))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.passes(x).x2
+
+    def make_optimizers(self) -> None:
+        path1 = [*self.E1.parameters(), *self.D1.parameters(), *self.E2.parameters()]
+        self.optimizers = [torch.optim.Adam(path1, lr=self.lr)]
+        if self.D2 is not None:
+            path2 = [*self.E1.parameters(), *self.D2.parameters(), *self.E2.parameters()]
+            self.optimizers.append(torch.optim.Adam(path2, lr=self.lr))
+
+    def training_step(self, batch: TrainBatch, *, epoch: int, epochs: int) -> dict[str, float]:
+        x = batch.normal
+        losses = {}
+        # One path after the other, each on a fresh forward pass (USAD's order): path 2 plays
+        # against the path 1 that has just been updated.
+        for i, opt in enumerate(self.optimizers):
+            loss = ede_losses(x, self.passes(x), epoch, self.alpha, self.beta, self.adversarial)[i]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses[f"loss{i + 1}"] = loss.item()
+        return losses
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> Inference:
+        self.eval()
+        p = self.passes(x)
+        w1, w2 = (self.score_w1, 1.0 - self.score_w1) if self.D2 is not None else (1.0, 0.0)
+        scores = w1 * (p.z - p.z2).pow(2).flatten(1).mean(1) + w2 * (p.z - p.z1p).pow(2).flatten(1).mean(1)
+        maps = w1 * (x - p.x2).abs() + w2 * (x - p.x1p).abs()
+        return Inference(scores=scores, maps=maps.mean(dim=1, keepdim=True))

@@ -1,0 +1,154 @@
+"""AGAD and EDE: each loss term's sign and value, the discriminator reset, the EDE schedule, and
+short trainings that separate generated defects."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from inspector.metrics import auroc
+from models import TrainBatch, agad
+from models.agad import LossWeights, discriminator_loss, generator_loss_anomalous, generator_loss_normal
+from models.ede import Passes, ede_losses, phase_weights
+
+LN2 = math.log(2.0)
+
+
+def full(value, shape=(2, 1, 4, 4)):
+    return torch.full(shape, float(value))
+
+
+def test_agad_normal_loss_terms_and_the_contextual_term_subtracts():
+    w = LossWeights()
+    y_hat = torch.zeros(2)                                   # BCE(0-logit, 1) = ln 2
+    x, x_hat, x_hat2 = full(0.0), full(0.2), full(0.7)       # ||x - x^||_1 = 0.2, ||x^ - x^'||_1 = 0.5
+    z, z_hat = full(0.0, (2, 8)), full(0.3, (2, 8))          # ||z - z^||^2 = 0.09
+    total, parts = generator_loss_normal(y_hat, x, x_hat, x_hat2, z, z_hat, w)
+    assert parts["g_adv"] == pytest.approx(LN2) and parts["g_adcon"] == pytest.approx(0.5)
+    assert total.item() == pytest.approx(1 * LN2 + 50 * 0.2 - 15 * 0.5 + 5 * 0.09, rel=1e-5)
+    without, _ = generator_loss_normal(y_hat, x, x_hat, x_hat2, z, z_hat, w, contextual=False)
+    assert without.item() == pytest.approx(1 * LN2 + 50 * 0.2 + 5 * 0.09, rel=1e-5)
+
+
+def test_agad_contextual_term_pushes_the_second_reconstruction_away():
+    x_hat = full(0.2)
+    x_hat2 = full(0.5).requires_grad_()
+    total, _ = generator_loss_normal(torch.zeros(2), full(0.0), x_hat, x_hat2, full(0.0, (2, 8)),
+                                     full(0.0, (2, 8)), LossWeights())
+    total.backward()
+    # descent moves x^' up, away from x^ = 0.2: G learns to fail on its own reconstruction
+    assert (x_hat2.grad < 0).all()
+
+
+def test_agad_anomaly_loss_is_reciprocal():
+    w = LossWeights()
+    args = (torch.zeros(2), full(0.0), full(0.4), full(0.9), full(0.0, (2, 8)), full(0.5, (2, 8)), w)
+    # l_adv / BCE(0-logit, 0) + l_adcon / ||x^ - x^'||_1 + l_lat / ||z - z^||^2
+    expected = 1 / LN2 + 15 / 0.5 + 5 / 0.25
+    assert generator_loss_anomalous(*args).item() == pytest.approx(expected, rel=1e-4)
+    assert generator_loss_anomalous(*args, fail_reconstruction=True).item() == pytest.approx(
+        expected + 50 / 0.4, rel=1e-4)
+
+    def grad(fail: bool) -> torch.Tensor:
+        xa_hat = full(0.4).requires_grad_()
+        generator_loss_anomalous(torch.zeros(2), full(0.0), xa_hat, full(0.9), full(0.0, (2, 8)), full(0.5, (2, 8)),
+                                 w, fail_reconstruction=fail).backward()
+        return xa_hat.grad
+
+    # the eq. 3 option adds a push of G(x_a) away from x_a = 0 (descent raises it): fail on anomalies
+    assert (grad(True) - grad(False) < 0).all()
+
+
+def test_agad_discriminator_loss_values():
+    zeros = torch.zeros(3)
+    assert discriminator_loss(zeros, zeros).item() == pytest.approx(2 * LN2)
+    assert discriminator_loss(zeros, zeros, zeros).item() == pytest.approx(3 * LN2)
+    confident = discriminator_loss(torch.full((3,), 20.0), torch.full((3,), -20.0))
+    assert confident.item() < 1e-5                          # what a collapsed discriminator looks like
+
+
+def test_agad_discriminator_is_reset_when_its_loss_collapses(monkeypatch):
+    torch.manual_seed(0)
+    det = models.create("agad", size=16, channels=1)
+    det.make_optimizers()
+    batch = TrainBatch(torch.rand(8, 1, 16, 16) * 2 - 1)
+    det.training_step(batch, epoch=1, epochs=1)
+    assert det.d_resets == 0
+    monkeypatch.setattr(agad, "discriminator_loss", lambda y, y_hat, ya=None: y.sum() * 0 + 1e-7)
+    before = det.D.classifier.weight.detach().clone()
+    det.training_step(batch, epoch=1, epochs=1)
+    assert det.d_resets == 1
+    assert not torch.equal(before, det.D.classifier.weight)
+    assert not det.optimizers[1].state                      # the optimiser starts afresh too
+
+
+def test_agad_learns_from_labelled_anomalies_only_unless_asked():
+    det = models.create("agad", size=16, channels=1)
+    normal = torch.zeros(64, 1, 16, 16)
+    anomalous = torch.ones(64, 1, 16, 16)
+    is_real = torch.arange(64) < 40
+    picked = det._anomalies(TrainBatch(normal, anomalous, is_real))
+    assert len(picked) == 32                                # at least 32 a batch (64 // 4 = 16 < 32)
+    assert det._anomalies(TrainBatch(normal, anomalous, torch.zeros(64, dtype=torch.bool))) is None
+    assert not det.wants_pseudo_anomalies
+    assert models.create("agad", size=16, channels=1, pseudo_anomalies=True).wants_pseudo_anomalies
+
+
+def test_ede_schedule_weights_at_epochs_1_and_n():
+    assert phase_weights(1) == (1.0, 0.0)
+    assert phase_weights(10) == pytest.approx((0.1, 0.9))
+
+
+def test_ede_losses_on_hand_made_tensors():
+    x = full(0.0)
+    p = Passes(z=full(0.0, (2, 4)), x1=full(1.0), x2=full(0.5), z1=full(0.5, (2, 4)), z2=full(0.2, (2, 4)),
+               x1p=full(0.3), z1p=full(0.1, (2, 4)))
+    rec1, rec2, adv = 1.0 + 0.25, 0.25 + 0.04, 0.09 + 0.01
+    l1, l2 = ede_losses(x, p, epoch=1)
+    assert (l1.item(), l2.item()) == pytest.approx((rec1, rec2))          # epoch 1: reconstruction only
+    l1, l2 = ede_losses(x, p, epoch=4)
+    assert l1.item() == pytest.approx(rec1 / 4 - 0.75 * adv)               # EDE1 tells x1' from x ...
+    assert l2.item() == pytest.approx(rec2 / 4 + 0.75 * adv)               # ... EDE2 tries to fool it
+    l1, l2 = ede_losses(x, p, epoch=4, adversarial=False)
+    assert (l1.item(), l2.item()) == pytest.approx((rec1, rec2))
+
+
+def test_ede_score_weight_is_a_knob_at_scoring_time():
+    torch.manual_seed(0)
+    det = models.create("ede", size=16, channels=1)
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        p = det.eval().passes(x)
+    det.score_w1 = 1.0
+    assert torch.allclose(det.infer(x).scores, (p.z - p.z2).pow(2).flatten(1).mean(1), atol=1e-6)
+    det.score_w1 = 0.0
+    assert torch.allclose(det.infer(x).scores, (p.z - p.z1p).pow(2).flatten(1).mean(1), atol=1e-6)
+    with pytest.raises(ValueError):
+        models.create("ede", paths=3)
+
+
+def surfaces(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth grey tiles, and the same tiles with a bright square: a generated defect."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 1, 4, 4, generator=g) * 0.3 - 0.6
+    normal = torch.nn.functional.interpolate(base, size=16, mode="bilinear", align_corners=False)
+    defect = normal.clone()
+    defect[:, :, 5:10, 5:10] = 0.9
+    return normal, defect
+
+
+@pytest.mark.parametrize("method,hparams", [("agad", {}), ("ede", {}), ("ede", {"paths": 1})])
+def test_short_training_separates_generated_defects(method, hparams):
+    torch.manual_seed(0)
+    det = models.create(method, size=16, channels=1, **hparams)
+    det.make_optimizers()
+    normal, _ = surfaces(256, seed=0)
+    for step in range(60):
+        det.train()
+        det.training_step(TrainBatch(normal[torch.randint(0, 256, (32,))]), epoch=1 + step // 20, epochs=3)
+    test_normal, test_defect = surfaces(32, seed=1)
+    scores = torch.cat([det.infer(test_normal).scores, det.infer(test_defect).scores]).numpy()
+    labels = np.r_[np.zeros(32, bool), np.ones(32, bool)]
+    assert auroc(labels, scores) > 0.8
