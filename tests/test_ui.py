@@ -189,3 +189,16 @@ def test_a_camera_lost_mid_run_shows_a_banner_and_the_window_stays(qtbot, window
     assert "reconnecting (attempt" in w.banner.text() and w.isVisible()
     qtbot.waitUntil(lambda: w.live_worker is None, timeout=30_000)     # 5 attempts, then a clean stop
     assert "Source stopped: lost" in w.banner.text() and w.isVisible()
+
+
+def test_without_a_display_the_window_says_what_to_do_instead():
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    done = subprocess.run([sys.executable, "main.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "python main.py inspect" in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 
 import pyqtgraph as pg
@@ -12,7 +13,18 @@ from PySide6.QtWidgets import QApplication
 from .. import __version__
 
 
+def _no_display() -> bool:
+    """On Linux without X11 or Wayland (and no platform chosen), Qt would abort with a cryptic message."""
+    return (sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM")
+            and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"))
+
+
 def run(argv: list[str] | None = None) -> int:
+    if _no_display():
+        print("error: no display to open the window on (DISPLAY is not set). On a headless machine use the "
+              "command line, e.g. 'python main.py inspect FOLDER --model MODEL' (see 'python main.py --help').",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
