@@ -2,13 +2,14 @@
 # Re-run the README's results table: every method on every set in ../shared/data, at G = 0 and
 # G = 0.05, one bench run at a time (each prints its figures; JSON lands in bench-results/).
 # The AE learns from good images only, so its G = 0.05 run would repeat its G = 0 run exactly.
-# Usage: benchmarks/run_matrix.sh [DATA_DIR] [extra bench options...]
+# Usage: [METHODS="agad ede"] benchmarks/run_matrix.sh [DATA_DIR] [extra bench options...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data}
 shift || true
 mkdir -p bench-results
-for method in $(.venv/bin/python -c "import models; print(' '.join(models.method_names()))"); do
+methods=${METHODS:-$(.venv/bin/python -c "import models; print(' '.join(models.method_names()))")}
+for method in $methods; do
   uses=$(.venv/bin/python -c "import models; print(int(models.get_method('$method').uses_anomalies))")
   fractions="0"; [ "$uses" = 1 ] && fractions="0 0.05"
   for dataset in "$data"/*/; do
@@ -21,4 +22,4 @@ for method in $(.venv/bin/python -c "import models; print(' '.join(models.method
     done
   done
 done
-.venv/bin/python benchmarks/results_table.py bench-results/*.json
+.venv/bin/python benchmarks/results_table.py bench-results/{ae,agad,ede,eidn}_*.json

@@ -146,14 +146,16 @@ class AGAD(Detector):
     def __init__(self, *, size: int = 32, channels: int = 3, generator: str = "naive", lr: float = 2e-4,
                  w_adv: float = 1.0, w_con: float = 50.0, w_adcon: float = 15.0, w_lat: float = 5.0,
                  contextual_adversarial: bool = True, fail_anomaly_reconstruction: bool = False,
-                 pseudo_anomalies: bool = False, min_anomalies: int = 32) -> None:
+                 pseudo_anomalies: bool = False, min_anomalies: int = 32,
+                 detach_reconstruction: bool = False) -> None:
         super().__init__(size=size, channels=channels)
         if generator not in ("naive", "unet"):
             raise ValueError(f"generator must be 'naive' or 'unet', got {generator!r}")
         self._store_hparams(generator=generator, lr=lr, w_adv=w_adv, w_con=w_con, w_adcon=w_adcon, w_lat=w_lat,
                             contextual_adversarial=contextual_adversarial,
                             fail_anomaly_reconstruction=fail_anomaly_reconstruction,
-                            pseudo_anomalies=pseudo_anomalies, min_anomalies=min_anomalies)
+                            pseudo_anomalies=pseudo_anomalies, min_anomalies=min_anomalies,
+                            detach_reconstruction=detach_reconstruction)
         self.G = Generator(size=size, channels=channels, unet=generator == "unet")
         self.D = Discriminator(size=size, channels=channels)
         self.weights = LossWeights(w_adv, w_con, w_adcon, w_lat)
@@ -162,6 +164,7 @@ class AGAD(Detector):
         self.fail_reconstruction = fail_anomaly_reconstruction
         self.pseudo = pseudo_anomalies
         self.min_anomalies = min_anomalies
+        self.detach_reconstruction = detach_reconstruction
         self.d_resets = 0
 
     @property
@@ -187,14 +190,19 @@ class AGAD(Detector):
         n = max(self.min_anomalies, len(batch.normal) // 4)
         return xa[:n] if len(xa) else None
 
+    def _again(self, x_hat: torch.Tensor) -> torch.Tensor:
+        return x_hat.detach() if self.detach_reconstruction else x_hat
+
     def training_step(self, batch: TrainBatch, *, epoch: int, epochs: int) -> dict[str, float]:
         opt_g, opt_d = self.optimizers
         x, xa = batch.normal, self._anomalies(batch)
         w = self.weights
 
-        # Generator: reconstruct normal tiles, fail on their reconstructions (and on anomalies).
+        # Generator: reconstruct normal tiles, fail on their reconstructions (and on anomalies).  With
+        # ``detach_reconstruction`` the reconstruction enters G again as a plain input (a
+        # pseudo-anomaly G must fail on), so the contextual term cannot also reshape the first pass.
         x_hat = self.G(x)
-        x_hat2 = self.G(x_hat)
+        x_hat2 = self.G(self._again(x_hat))
         y_hat, z_hat = self.D(x_hat)
         with torch.no_grad():
             z = self.D(x)[1]
@@ -204,7 +212,7 @@ class AGAD(Detector):
             ya_hat, za_hat = self.D(xa_hat)
             with torch.no_grad():
                 za = self.D(xa)[1]
-            loss_g = loss_g + generator_loss_anomalous(ya_hat, xa, xa_hat, self.G(xa_hat), za, za_hat, w,
+            loss_g = loss_g + generator_loss_anomalous(ya_hat, xa, xa_hat, self.G(self._again(xa_hat)), za, za_hat, w,
                                                        self.fail_reconstruction)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()

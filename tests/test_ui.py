@@ -42,9 +42,15 @@ def window(qtbot, settings):
         w.close()
 
 
-def wait_for_update(qtbot, w, after: float = 0.0, timeout: int = 30_000):
-    qtbot.waitUntil(lambda: w.live_view.last_update is not None
-                    and w.live_view.last_update.result.done_at > after, timeout=timeout)
+def wait_for_update(qtbot, w, timeout: int = 30_000):
+    qtbot.waitUntil(lambda: w.live_view.last_update is not None, timeout=timeout)
+    return w.live_view.last_update
+
+
+def wait_for_threshold(qtbot, w, timeout: int = 30_000):
+    """The first update inspected against the inspector's current threshold (a frame already in
+    flight when the threshold moved was judged against the old one)."""
+    qtbot.waitUntil(lambda: w.live_view.last_update.result.threshold == w.inspector.threshold, timeout=timeout)
     return w.live_view.last_update
 
 
@@ -69,10 +75,10 @@ def test_moving_the_threshold_changes_the_verdicts(qtbot, window):
     w = window()
     wait_for_update(qtbot, w)
     w.live_view.set_threshold(0.01)                  # everything is over it
-    update = wait_for_update(qtbot, w, after=time.monotonic())
+    update = wait_for_threshold(qtbot, w)
     assert update.result.verdict == "NG" and w.live_view.verdict.text().startswith("NG")
     w.live_view.set_threshold(0.99)
-    update = wait_for_update(qtbot, w, after=time.monotonic())
+    update = wait_for_threshold(qtbot, w)
     assert update.result.normalised < 0.99 and update.result.verdict == "OK"
 
 

@@ -62,7 +62,6 @@ class MainWindow(QMainWindow):
         self.batch_worker: BatchWorker | None = None
         self.batch_thread: QThread | None = None
         self._pending_start = False
-        self._tasks = []                # keep running tasks referenced
 
         self._build_toolbar()
         self.banner = QLabel()
@@ -242,9 +241,8 @@ class MainWindow(QMainWindow):
         """Load in the background; on failure the previous model stays active."""
         settings = self.inspector_settings()
         self.model_label.setText(f"model: loading {path.name}…")
-        task = start_task(lambda: (path, *load_inspector(path, settings)), self._model_loaded,
-                          lambda msg: self._model_failed(path, msg))
-        self._tasks.append(task)
+        start_task(lambda: (path, *load_inspector(path, settings)), self._model_loaded,
+                   lambda msg: self._model_failed(path, msg))
 
     def _model_loaded(self, loaded) -> None:
         path, inspector, meta = loaded

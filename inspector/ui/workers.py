@@ -233,10 +233,17 @@ class Task(QRunnable):
             self.signals.done.emit(value)
 
 
+_RUNNING: set[Task] = set()     # tasks (and so their signal objects) stay alive until they report
+
+
 def start_task(fn: Callable[[], Any], on_done: Callable[[Any], None], on_failed: Callable[[str], None]) -> Task:
+    """Run ``fn`` in the thread pool; ``on_done(result)`` or ``on_failed(message)`` run on the UI thread."""
     task = Task(fn)
+    _RUNNING.add(task)
     task.signals.done.connect(on_done)
     task.signals.failed.connect(on_failed)
+    task.signals.done.connect(lambda _value: _RUNNING.discard(task))
+    task.signals.failed.connect(lambda _message: _RUNNING.discard(task))
     QThreadPool.globalInstance().start(task)
     return task
 
