@@ -12,8 +12,6 @@ cancel never leaves half a model behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import models
 from models import Detector
 
 from . import __version__
+from .atomic import atomic_path
 from .calibration import Calibration
 from .tensors import VALUE_RANGE
 
@@ -59,17 +58,9 @@ def build_metadata(detector: Detector, calibration: Calibration, *, training: di
 
 def save_model(path: str | Path, detector: Detector, metadata: dict[str, Any]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in detector.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={_HEADER_KEY: json.dumps(metadata)})
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={_HEADER_KEY: json.dumps(metadata)})
     return path
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +19,7 @@ import cv2
 import numpy as np
 
 from . import __version__
+from .atomic import atomic_path
 from .overlay import colour_heat
 from .pipeline import ERROR, NG, OK
 from .store import ItemRow, ResultStore, Run
@@ -32,17 +31,8 @@ CSV_COLUMNS = ("item", "frame_index", "verdict", "score", "normalised", "error",
 
 @contextmanager
 def _atomic_text(path: Path) -> Iterator:
-    """Write to a temporary file beside ``path`` and rename it into place when done."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            yield f
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        yield f
 
 
 def write_csv(store: ResultStore, run_id: int, path: str | Path) -> Path:
