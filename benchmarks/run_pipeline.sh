@@ -28,8 +28,8 @@ from pathlib import Path
 
 import cv2
 
-from inspector.datasets import list_images
-from inspector.pipeline_bench import mosaic_frames
+from inspector.learn.datasets import list_images
+from inspector.app.pipeline_bench import mosaic_frames
 
 for i, frame in enumerate(mosaic_frames(list_images(Path(sys.argv[1])), 227, count=200)):
     cv2.imwrite(str(Path(sys.argv[2]) / f"{i:04d}.jpg"), frame)

@@ -1,6 +1,9 @@
-"""Command-line interface: train, eval, bench, models.  Never imports Qt.
+"""Command-line interface: inspect, train, eval, bench, bench-pipeline, models.  Never imports Qt.
 
-Exit codes: 0 done, 2 bad input (arguments, data, model file, device), 130 cancelled by Ctrl-C.
+Exit codes: 0 done; 1 an unexpected error (a bug; a run in progress is recorded as failed); 2 bad
+input (arguments, data, source, model file, device: nothing is written); 3 an inspection run that
+failed (a stream lost for good, a video file that could not be read to its end; the database
+records why); 130 cancelled or interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .base.errors import InspectorError
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 2, 130
-DEFAULT_DB = "inspection-results.sqlite"
+EXIT_OK, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_CANCELLED = 0, 1, 2, 3, 130
 #: Tile side for the live benchmark's 1280x720 frames (README, "Pipeline").
 LIVE_TILE = 160
 log = logging.getLogger("inspector")
@@ -59,6 +62,13 @@ def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError("must be in [0, 1)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
     return value
 
 
@@ -127,6 +137,8 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .frames.images import DEFAULT_MAX_PIXELS
+
     parser = argparse.ArgumentParser(
         prog="inspector", description="Visual anomaly inspection: train, evaluate and benchmark detectors.")
     parser.add_argument("--version", action="version", version=f"inspector {__version__}")
@@ -155,13 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in the results database; anomalous items are saved as overlay images under --out.")
     p.add_argument("source", metavar="SOURCE", help="folder, image, video file, camera index or URL")
     p.add_argument("--model", type=Path, required=True, help="model file written by 'train'")
-    p.add_argument("--db", type=Path, default=Path(DEFAULT_DB),
-                   help=f"results database (SQLite; default ./{DEFAULT_DB}); runs are appended")
+    p.add_argument("--db", type=Path, default=None,
+                   help="results database (SQLite; default: the one the window uses, in the user's data folder, "
+                        "so command-line runs appear in batch review); runs are appended")
     p.add_argument("--out", type=Path, metavar="DIR", help="save overlay images of anomalous items here")
     p.add_argument("--report", type=Path, metavar="FILE.html", help="write a self-contained HTML report")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write every item's result as CSV")
     _add_tiling_args(p)
     p.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N items")
+    p.add_argument("--max-megapixels", type=_positive_float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
+                   help=f"larger images are not decoded but recorded as errors, their size read from the header "
+                        f"(default {DEFAULT_MAX_PIXELS / 1e6:g})")
     p.add_argument("--resume", action="store_true",
                    help="continue the last run on this folder in --db, skipping what it already recorded")
 
@@ -183,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace):
-    from .jobs import TrainOptions
+    from .app.jobs import TrainOptions
 
     return TrainOptions(data=args.data, method=args.method, anomaly_fraction=args.anomaly_fraction,
                         size=args.size, seed=args.seed, device=args.device, epochs=args.epochs,
@@ -229,8 +245,8 @@ def _report(result: dict[str, Any], json_path: Path | None) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .jobs import train_model
-    from .modelfile import SUFFIX, save_model
+    from .app.jobs import train_model
+    from .modelstore.modelfile import SUFFIX, save_model
 
     out: Path = args.out if args.out.suffix else args.out.with_suffix(SUFFIX)
     opts = _options(args)
@@ -247,21 +263,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .datasets import discover
-    from .jobs import evaluate
-    from .modelfile import calibration_of, load_model
-    from .training import device_name, resolve_device
+    from .app.jobs import evaluate
+    from .detect.device import device_name, resolve_device
+    from .learn.datasets import discover
+    from .modelstore.modelfile import calibration_of, load_model
 
     device = resolve_device(args.device)
     detector, meta = load_model(args.model, device=device)
+    dataset = discover(args.data, need_train=False, need_test=True)
     result = {"model": str(args.model), "method": meta["method"], "data": str(args.data),
               "device": device_name(device)}
-    result |= evaluate(detector, calibration_of(meta), discover(args.data, need_test=True), progress=ProgressBar())
+    result |= evaluate(detector, calibration_of(meta), dataset, progress=ProgressBar())
     return _report(result, args.json)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .jobs import bench
+    from .app.jobs import bench
 
     _, result = bench(_options(args), progress=ProgressBar())
     return _report(result, args.json)
@@ -273,55 +290,71 @@ def _source_key(source: str) -> str:
     return str(path.resolve()) if path.exists() else source
 
 
+def _resume_point(db: Path, source_key: str, model_key: str):
+    """(run id, items it recorded) of the last run on this source, or (None, set()) to start anew."""
+    from .results.store import ResultStore
+
+    if not db.is_file():
+        print(f"no results database at {db}: starting a new run", file=sys.stderr)
+        return None, set()
+    with ResultStore(db) as store:
+        previous = store.latest_run(source_key)
+        if previous is None:
+            print(f"no earlier run on {source_key} in {db}: starting a new run", file=sys.stderr)
+            return None, set()
+        if previous.model != model_key:
+            raise InputError(f"the last run on {source_key} used {previous.model}; resume it with that "
+                             f"model, or start a new run without --resume")
+        return previous.id, store.recorded_items(previous.id)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspection import InspectorSettings, load_inspector, run_inspection, run_settings
-    from .report import write_csv, write_html
-    from .sources import FolderSource, open_source
-    from .store import ResultStore
+    from .app.inspection import InspectorSettings, load_inspector, run_inspection, run_settings, source_kind
+    from .base.paths import default_results_db
+    from .frames.sources import FolderSource, open_source
+    from .results.report import write_csv, write_html
+    from .results.store import ResultStore
 
     settings = InspectorSettings(tile=args.tile, stride=args.stride, roi=args.roi, device=args.device,
                                  half=args.half)
     inspector, meta = load_inspector(args.model, settings)
+    db = args.db or default_results_db()
     source_key, model_key = _source_key(args.source), str(args.model.resolve())
-    with ResultStore(args.db) as store:
-        run_id, skip, already_done = None, set(), 0
-        if args.resume:
-            previous = store.latest_run(source_key)
-            if previous is None:
-                print(f"no earlier run on {source_key} in {args.db}: starting a new run", file=sys.stderr)
-            elif previous.model != model_key:
-                raise InputError(f"the last run on {source_key} used {previous.model}; resume it with that "
-                                 f"model, or start a new run without --resume")
-            else:
-                run_id, skip = previous.id, store.recorded_items(previous.id)
-                already_done = len(skip)
-        source = open_source(source_key, skip=skip, on_status=lambda s: print(f"camera: {s}", file=sys.stderr))
-        if args.resume and not isinstance(source, FolderSource):
-            source.close()
-            raise InputError("--resume continues folder runs only")
+    run_id, skip = _resume_point(db, source_key, model_key) if args.resume else (None, set())
+    # The source opens before the database: a source that does not open leaves nothing behind.
+    source = open_source(source_key, skip=skip, max_pixels=round(args.max_megapixels * 1e6),
+                         on_status=lambda s: print(f"{source_key}: {s.describe()}", file=sys.stderr))
+    if args.resume and not isinstance(source, FolderSource):
+        source.close()
+        raise InputError("--resume continues folder runs only")
+    with ResultStore(db) as store:
         if run_id is None:
-            run_id = store.start_run(source=source_key, kind="folder" if isinstance(source, FolderSource) else "camera",
-                                     model=model_key, method=meta["method"],
-                                     settings=run_settings(inspector, settings), threshold=inspector.threshold)
+            run_id = store.start_run(source=source_key, kind=source_kind(source), model=model_key,
+                                     method=meta["method"], settings=run_settings(inspector, settings),
+                                     threshold=inspector.threshold)
         else:
             store.reopen_run(run_id)
-            print(f"resuming run {run_id}: {already_done} items already recorded, {source.total} to go",
+            print(f"resuming run {run_id}: {len(skip)} items already recorded, {source.total} to go",
                   file=sys.stderr)
         summary = run_inspection(inspector, source, store, run_id, out_dir=args.out, max_frames=args.max_frames,
-                                 already_done=already_done, progress=ProgressBar())
+                                 progress=ProgressBar())
         for path, write in ((args.csv, write_csv), (args.report, write_html)):
             if path is not None:
                 print(f"wrote {write(store, run_id, path)}")
         counts = store.counts(run_id)
-    print(f"run {run_id} in {args.db}: {summary.status}" + (f", {summary.dropped} frames dropped" if summary.dropped
-                                                              else ""))
+    extra = "".join(f", {n} frames {what}" for n, what in ((summary.dropped, "dropped"),
+                                                          (summary.frames_lost, "lost")) if n)
+    print(f"run {run_id} in {db}: {summary.status}{extra}")
+    print(summary.accounting())
     print(f"items={sum(counts.values())} anomalous={counts['NG']} errors={counts['ERROR']} "
           f"items_per_second={summary.items_per_second:.2f}")
-    return EXIT_CANCELLED if summary.status == "interrupted" else EXIT_OK
+    if summary.status == "interrupted":
+        return EXIT_CANCELLED
+    return EXIT_RUN_FAILED if summary.failed else EXIT_OK
 
 
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
-    from .pipeline_bench import LiveSettings, bench_pipeline
+    from .app.pipeline_bench import LiveSettings, bench_pipeline
 
     live = LiveSettings(tile=args.live_tile, stride=args.live_stride, seconds=args.live_seconds,
                         camera_fps=args.camera_fps)
@@ -341,8 +374,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     import models
 
-    from .jobs import method_hparams
-    from .modelfile import read_metadata
+    from .modelstore.modelfile import read_metadata
 
     if args.show:
         print(json.dumps(read_metadata(args.show), indent=2))
@@ -354,7 +386,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{name:<6} {doc}")
         print(f"       training: size={d.size} epochs={d.epochs} steps_per_epoch={d.steps_per_epoch} "
               f"batch_size={d.batch_size}; learns from anomalies: {'yes' if cls.uses_anomalies else 'no'}")
-        print("       settings (--set): " + " ".join(f"{k}={v}" for k, v in method_hparams(cls).items()))
+        print("       settings (--set): " + " ".join(f"{k}={v}" for k, v in cls.hparam_defaults().items()))
     return EXIT_OK
 
 
@@ -362,7 +394,7 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "models": 
             "inspect": cmd_inspect, "bench-pipeline": cmd_bench_pipeline}
 
 
-class InputError(Exception):
+class InputError(InspectorError):
     """A combination of options or inputs that cannot work; the message says what to do instead."""
 
 
@@ -373,26 +405,23 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()
-        print("\nThe desktop window is not part of this version yet; use the commands above.")
+        print("\n'python main.py' with no command opens the desktop window.")
         return EXIT_OK
 
     import models
 
-    from .datasets import DatasetError
-    from .jobs import OptionError
-    from .modelfile import ModelFileError
-    from .sources import SourceError
-    from .store import StoreError
-    from .tiling import TilingError
-    from .training import DeviceError, TrainingCancelled
+    from .learn.training import TrainingCancelled
 
     try:
         return COMMANDS[args.command](args)
-    except (DatasetError, ModelFileError, DeviceError, OptionError, models.UnknownMethodError, SourceError,
-            StoreError, TilingError, InputError) as exc:
+    except (InspectorError, models.UnknownMethodError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, TrainingCancelled):
         training = args.command in ("train", "bench")
         print("\ncancelled" + (": no model file was written" if training else ""), file=sys.stderr)
         return EXIT_CANCELLED
+    except Exception as exc:  # a bug: say so in one line (the traceback with -v); a run records it as failed
+        log.debug("unexpected error", exc_info=True)
+        print(f"error: unexpected {type(exc).__name__}: {exc} (a bug; -v shows where)", file=sys.stderr)
+        return EXIT_UNEXPECTED

@@ -23,7 +23,6 @@ class AutoEncoder(Detector):
     def __init__(self, *, size: int = 64, channels: int = 3, latent: int = 128,
                  base_width: int = 16, lr: float = 1e-3) -> None:
         super().__init__(size=size, channels=channels)
-        self._store_hparams(latent=latent, base_width=base_width, lr=lr)
         self.encoder = Encoder(size=size, channels=channels, latent=latent, base_width=base_width)
         self.decoder = Decoder(size=size, channels=channels, latent=latent, base_width=base_width)
         self.lr = lr
@@ -44,6 +43,5 @@ class AutoEncoder(Detector):
 
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> Inference:
-        self.eval()
         diff = (x - self(x)).abs()
         return Inference(scores=diff.pow(2).mean(dim=(1, 2, 3)), maps=diff.mean(dim=1, keepdim=True))

@@ -151,11 +151,6 @@ class AGAD(Detector):
         super().__init__(size=size, channels=channels)
         if generator not in ("naive", "unet"):
             raise ValueError(f"generator must be 'naive' or 'unet', got {generator!r}")
-        self._store_hparams(generator=generator, lr=lr, w_adv=w_adv, w_con=w_con, w_adcon=w_adcon, w_lat=w_lat,
-                            contextual_adversarial=contextual_adversarial,
-                            fail_anomaly_reconstruction=fail_anomaly_reconstruction,
-                            pseudo_anomalies=pseudo_anomalies, min_anomalies=min_anomalies,
-                            detach_reconstruction=detach_reconstruction)
         self.G = Generator(size=size, channels=channels, unet=generator == "unet")
         self.D = Discriminator(size=size, channels=channels)
         self.weights = LossWeights(w_adv, w_con, w_adcon, w_lat)
@@ -241,6 +236,5 @@ class AGAD(Detector):
 
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> Inference:
-        self.eval()
         diff = (x - self.G(x)).abs()
         return Inference(scores=diff.pow(2).mean(dim=(1, 2, 3)), maps=diff.mean(dim=1, keepdim=True))

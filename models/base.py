@@ -13,6 +13,7 @@ The rest of the program asks the registry for a method by name and never imports
 from __future__ import annotations
 
 import abc
+import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -57,10 +58,29 @@ class TrainingDefaults:
     size: int
 
 
-class Detector(nn.Module, metaclass=abc.ABCMeta):
+class _DetectorMeta(abc.ABCMeta):
+    """Records each detector's constructor arguments, defaults filled in, once it is built.
+
+    One place for every method: a model file stores ``hparams()`` and rebuilds the network from
+    them, so a method never lists its own arguments a second time.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any):
+        detector = super().__call__(*args, **kwargs)
+        bound = inspect.signature(cls.__init__).bind(detector, *args, **kwargs)
+        bound.apply_defaults()
+        detector._hparams = {k: v for k, v in bound.arguments.items() if k not in _SHAPE_ARGS}
+        return detector
+
+
+#: Constructor arguments that describe the input, stored apart from the hyper-parameters.
+_SHAPE_ARGS = ("self", "size", "channels")
+
+
+class Detector(nn.Module, metaclass=_DetectorMeta):
     """Base class of all detection methods.
 
-    Subclasses set the class attributes, build their networks in ``__init__`` from keyword
+    Subclasses set the class attributes, build their networks in ``__init__`` from keyword-only
     hyper-parameters (every one of them with the paper's value as its default), and implement
     ``make_optimizers``, ``training_step`` and ``infer``.
     """
@@ -85,12 +105,15 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
         self._hparams: dict[str, Any] = {}
         self.optimizers: list[torch.optim.Optimizer] = []
 
-    def _store_hparams(self, **hparams: Any) -> None:
-        """Record the constructor's keyword arguments so that a model file can rebuild the net."""
-        self._hparams = dict(hparams)
-
     def hparams(self) -> dict[str, Any]:
+        """The hyper-parameters this detector was built with (recorded by the metaclass)."""
         return dict(self._hparams)
+
+    @classmethod
+    def hparam_defaults(cls) -> dict[str, Any]:
+        """The method's hyper-parameters and their defaults (the paper's values)."""
+        return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and name not in _SHAPE_ARGS}
 
     @property
     def device(self) -> torch.device:
@@ -106,7 +129,11 @@ class Detector(nn.Module, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def infer(self, x: torch.Tensor) -> Inference:
-        """Scores (and maps / embeddings) for a batch of tiles, in eval mode and without grad."""
+        """Scores (and maps / embeddings) for a batch of tiles, without grad.
+
+        Free of side effects: the caller puts the module in eval mode (``inspector.detect.scoring``
+        does, for the duration of the call).
+        """
 
     @property
     def wants_pseudo_anomalies(self) -> bool:

@@ -78,8 +78,6 @@ class EDE(Detector):
             raise ValueError(f"paths must be 1 or 2, got {paths}")
         if not 0.0 <= score_w1 <= 1.0:
             raise ValueError(f"score_w1 must be in [0, 1], got {score_w1}")
-        self._store_hparams(latent=latent, base_width=base_width, lr=lr, alpha=alpha, beta=beta, score_w1=score_w1,
-                            paths=paths, adversarial=adversarial)
         shape = {"size": size, "channels": channels, "latent": latent, "base_width": base_width}
         self.E1 = Encoder(**shape, final=nn.Tanh())
         self.E2 = Encoder(**shape, final=nn.Tanh())
@@ -125,7 +123,6 @@ class EDE(Detector):
 
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> Inference:
-        self.eval()
         p = self.passes(x)
         w1, w2 = (self.score_w1, 1.0 - self.score_w1) if self.D2 is not None else (1.0, 0.0)
         scores = w1 * (p.z - p.z2).pow(2).flatten(1).mean(1) + w2 * (p.z - p.z1p).pow(2).flatten(1).mean(1)

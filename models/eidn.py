@@ -77,7 +77,6 @@ class EIDN(Detector):
     def __init__(self, *, size: int = 32, channels: int = 3, embedding_dim: int = 2,
                  alpha: float = 0.2, base_width: int = 16, lr: float = 1e-3) -> None:
         super().__init__(size=size, channels=channels)
-        self._store_hparams(embedding_dim=embedding_dim, alpha=alpha, base_width=base_width, lr=lr)
         self.f = EmbeddingNet(size=size, channels=channels, embedding_dim=embedding_dim,
                               base_width=base_width)
         self.alpha = alpha
@@ -106,6 +105,5 @@ class EIDN(Detector):
 
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> Inference:
-        self.eval()
         emb = self.f(x)
         return Inference(scores=emb.norm(dim=1), embeddings=emb)

@@ -1,7 +1,10 @@
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # GUI tests run without a display
+# The tests never touch the user's data folder (results database, models): a fresh one per session.
+os.environ["INSPECTOR_DATA_DIR"] = tempfile.mkdtemp(prefix="inspector-test-data-")
 
 import cv2
 import numpy as np
@@ -95,8 +98,8 @@ def grey_frame(h: int, w: int, level: int = 200) -> np.ndarray:
 @pytest.fixture
 def darkness_inspector():
     """An Inspector whose threshold sits between a light tile (score ~0.2) and a dark one."""
-    from inspector.calibration import calibrate
-    from inspector.pipeline import Inspector
+    from inspector.detect.calibration import calibrate
+    from inspector.detect.pipeline import Inspector
 
     calibration = calibrate(np.array([0.20, 0.21, 0.22, 0.23, 0.30]), false_alarm_rate=0.0)
     return lambda **kw: Inspector(DarknessDetector(size=16), calibration, **kw)

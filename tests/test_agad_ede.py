@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import models
-from inspector.metrics import auroc
+from inspector.learn.metrics import auroc
 from models import TrainBatch, agad
 from models.agad import LossWeights, discriminator_loss, generator_loss_anomalous, generator_loss_normal
 from models.ede import Passes, ede_losses, phase_weights

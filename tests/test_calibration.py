@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from inspector.calibration import Calibration, best_f1_threshold, calibrate, threshold_at_false_alarm_rate
+from inspector.detect.calibration import Calibration, best_f1_threshold, calibrate, threshold_at_false_alarm_rate
 
 
 def test_good_only_validation_gives_threshold_at_false_alarm_rate():

@@ -93,7 +93,7 @@ def test_bad_model_file_exit_2(tmp_path, tiny_mvtec, capsys):
 
 
 def test_cancelled_training_writes_no_model(tiny_mvtec, tmp_path, monkeypatch, capsys):
-    import inspector.jobs as jobs
+    import inspector.app.jobs as jobs
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -113,7 +113,7 @@ def test_unknown_method_setting_exit_2_and_lists_the_settings(tiny_mvtec, tmp_pa
 
 
 def test_method_settings_reach_the_network(tiny_mvtec, tmp_path):
-    from inspector.modelfile import read_metadata
+    from inspector.modelstore.modelfile import read_metadata
 
     model = tmp_path / "m.safetensors"
     assert main(["train", "--data", str(tiny_mvtec), "--method", "eidn", "--out", str(model),

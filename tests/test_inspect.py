@@ -111,7 +111,7 @@ def test_a_killed_run_leaves_a_consistent_database_and_resume_finishes_it(tiny_m
 
 
 def test_ctrl_c_ends_the_run_cleanly_with_what_was_done(tiny_model, tmp_path, monkeypatch, capsys):
-    import inspector.pipeline as pipeline
+    import inspector.detect.pipeline as pipeline
 
     folder = write_big_folder(tmp_path / "folder", 40)
     calls = {"n": 0}
@@ -161,9 +161,9 @@ def test_bench_pipeline_prints_its_figures(tiny_model, tmp_path, capsys):
 def test_a_stream_that_dies_stops_cleanly_with_what_was_recorded(tiny_model, tmp_path):
     from test_sources import FakeCapture
 
-    from inspector.inspection import InspectorSettings, load_inspector, run_inspection
-    from inspector.sources import CameraSource
-    from inspector.store import ResultStore
+    from inspector.app.inspection import InspectorSettings, load_inspector, run_inspection
+    from inspector.frames.sources import CameraSource
+    from inspector.results.store import ResultStore
 
     inspector, meta = load_inspector(tiny_model, InspectorSettings())
     captures = iter([FakeCapture(5)])       # five frames, then the stream is gone for good
@@ -173,5 +173,5 @@ def test_a_stream_that_dies_stops_cleanly_with_what_was_recorded(tiny_model, tmp
         run = store.start_run(source="cam", kind="camera", model=str(tiny_model), method="eidn", settings={},
                               threshold=inspector.threshold)
         summary = run_inspection(inspector, source, store, run)
-        assert summary.items == 5 and summary.status.startswith("stopped: lost")
+        assert summary.items == 5 and summary.status == "failed: no frames after 2 reconnect attempts"
         assert store.run(run).status == summary.status and len(store.items(run)) == 5

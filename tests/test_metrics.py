@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from inspector.metrics import auroc, rates_at
+from inspector.learn.metrics import auroc, rates_at
 
 
 def reference_auroc(labels, scores):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import grey_frame
 
-from inspector.overlay import render
-from inspector.pipeline import ERROR, NG, OK
-from inspector.sources import Frame
+from inspector.detect.pipeline import ERROR, NG, OK
+from inspector.frames.sources import Frame
+from inspector.results.overlay import render
 
 
 def frame_of(image, index=0, error=None) -> Frame:
@@ -96,8 +96,8 @@ def test_overlay_draws_heat_boxes_and_verdict(darkness_inspector):
 
 
 def test_frame_calibration_holds_the_false_alarm_rate_per_frame(darkness_inspector):
-    from inspector.calibration import calibrate
-    from inspector.pipeline import Inspector, calibrate_frames
+    from inspector.detect.calibration import calibrate
+    from inspector.detect.pipeline import Inspector, calibrate_frames
 
     rng = np.random.default_rng(0)
     frames = [np.clip(rng.normal(200, 30, (96, 128, 3)), 0, 255).astype(np.uint8) for _ in range(200)]
@@ -116,16 +116,18 @@ def test_frame_calibration_holds_the_false_alarm_rate_per_frame(darkness_inspect
 
 
 def test_a_region_outside_a_frame_is_that_frames_error_not_the_runs(darkness_inspector, tmp_path):
-    from inspector.inspection import run_inspection
-    from inspector.sources import FolderSource
-    from inspector.store import ResultStore
+    from inspector.app.inspection import run_inspection
+    from inspector.frames.sources import FolderSource
+    from inspector.results.store import ResultStore
 
-    cv2.imwrite(str(tmp_path / "big.png"), grey_frame(200, 200))
-    cv2.imwrite(str(tmp_path / "small.png"), grey_frame(40, 40))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "big.png"), grey_frame(200, 200))
+    cv2.imwrite(str(folder / "small.png"), grey_frame(40, 40))
     inspector = darkness_inspector(tile=32, roi=(100, 100, 64, 64))
     with ResultStore(tmp_path / "r.sqlite") as store:
         run = store.start_run(source="f", kind="folder", model="m", method="darkness", settings={}, threshold=0.3)
-        summary = run_inspection(inspector, FolderSource(tmp_path), store, run)
+        summary = run_inspection(inspector, FolderSource(folder), store, run)
         rows = {Path(r.item).name: r for r in store.items(run)}
     assert summary.items == 2 and summary.errors == 1
     assert rows["big.png"].verdict == OK and "outside" in rows["small.png"].error

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.sources import CameraSource, FolderSource, SourceError, open_source
+from inspector.frames.frame import SourceState
+from inspector.frames.sources import CameraSource, FolderSource, SourceError, open_source
 
 
 def write_bad_folder(root: Path) -> dict[str, str | None]:
@@ -26,10 +27,10 @@ def write_bad_folder(root: Path) -> dict[str, str | None]:
     (root / "g_png_named_jpg.jpg").write_bytes(cv2.imencode(".png", colour)[1].tobytes())
     (root / "h_text.png").write_text("not an image")
     cv2.imwrite(str(root / "sub" / "i_huge.jpg"), np.zeros((4000, 6000), np.uint8))
-    (root / "notes.txt").write_text("ignored: not an image file name")
+    (root / "notes.txt").write_text("not an image, whatever its name says")
     return {"a_colour.png": None, "b_grey.png": None, "c_alpha.png": None, "d_16bit.png": None,
-            "e_truncated.jpg": "decodable", "f_empty.jpg": "empty file", "g_png_named_jpg.jpg": None,
-            "h_text.png": "not a decodable image", "i_huge.jpg": None}
+            "e_truncated.jpg": "damaged image header", "f_empty.jpg": "empty file", "g_png_named_jpg.jpg": None,
+            "h_text.png": "not an image file", "i_huge.jpg": None, "notes.txt": "not an image file"}
 
 
 def test_folder_source_accounts_for_every_file_in_sorted_order(tmp_path):
@@ -53,8 +54,10 @@ def test_folder_source_skips_what_is_already_done(tmp_path):
         cv2.imwrite(str(tmp_path / f"{i}.png"), np.zeros((8, 8), np.uint8))
     done = {str(tmp_path / "1.png"), str(tmp_path / "3.png")}
     source = FolderSource(tmp_path, skip=done)
-    assert source.total == 3 and source.skipped == 2
-    assert [Path(f.item).name for f in source] == ["0.png", "2.png", "4.png"]
+    assert source.total == 3 and source.skipped == {"already recorded by the run being resumed": 2}
+    frames = list(source)
+    assert [Path(f.item).name for f in frames] == ["0.png", "2.png", "4.png"]
+    assert [f.index for f in frames] == [0, 2, 4]        # a resumed run keeps the indices of the whole folder
 
 
 def write_video(path: Path, n: int = 12, size=(64, 48)) -> Path:
@@ -75,7 +78,7 @@ def test_video_file_yields_every_frame_in_order_then_ends(tmp_path):
     assert [f.index for f in frames] == list(range(12))
     levels = [int(f.image.mean()) for f in frames]
     assert levels == sorted(levels) and levels[-1] > levels[0] + 150   # the frames, in order
-    assert source.status == "ended" and source.dropped == 0
+    assert source.status.state is SourceState.ENDED and source.dropped == 0 and source.frames_lost == 0
     assert frames[3].item == f"{video}#3"
 
 
@@ -128,8 +131,8 @@ def test_a_dead_stream_reconnects_with_backoff_and_reports_it():
     # 3 frames, stream dies, attempt 1 fails, attempt 2 opens and gives 4 frames, then 3 attempts fail
     assert n == 7
     assert source.reconnects == 1
-    assert any(s.startswith("reconnecting (attempt 1/3)") for s in statuses)
-    assert statuses[-1].startswith("lost")
+    assert any(s.describe().startswith("reconnecting (attempt 1/3)") for s in statuses)
+    assert statuses[-1].state is SourceState.LOST and statuses[-1].failed
 
 
 def test_a_camera_that_does_not_open_is_a_clear_error():

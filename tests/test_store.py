@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import grey_frame
 
-from inspector.pipeline import ERROR, NG, OK, FrameResult
-from inspector.report import write_csv, write_html
-from inspector.store import ResultStore, StoreError
+from inspector.detect.pipeline import ERROR, NG, OK, FrameResult
+from inspector.results.report import write_csv, write_html
+from inspector.results.store import ResultStore, StoreError
 
 
 def result(item: str, score: float, *, threshold: float = 1.0, error: str | None = None) -> FrameResult:
@@ -73,13 +73,19 @@ def test_operator_labels_are_saved_at_once_and_checked(store, tmp_path):
     assert store.items(run)[0].label is None
 
 
-def test_rows_are_committed_within_the_commit_interval(tmp_path):
+def test_a_batch_is_written_in_one_short_transaction_and_no_lock_is_held_between(tmp_path):
     path = tmp_path / "r.sqlite"
-    with ResultStore(path, commit_interval_s=0.0) as writer:
+    with ResultStore(path) as writer:
         run = new_run(writer)
         writer.add(run, result("a", 0.5))
+        writer.add(run, result("b", 0.7))
         reader = sqlite3.connect(path)
-        assert reader.execute("SELECT COUNT(*) FROM items").fetchone() == (1,)
+        assert reader.execute("SELECT COUNT(*) FROM items").fetchone() == (0,)     # queued while the batch is scored
+        writer.flush()
+        assert reader.execute("SELECT COUNT(*) FROM items").fetchone() == (2,)
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)             # another writer gets in at once
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
 
 
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
@@ -107,13 +113,14 @@ def test_csv_and_html_list_every_item(store, tmp_path):
 
 
 def test_thumbnails_carry_the_heat_map(darkness_inspector, store):
-    from inspector.sources import Frame
+    from inspector.frames.frame import Frame
 
     image = grey_frame(100, 300)
     image[40:60, 250:270] = 0
     res = darkness_inspector(tile=50).inspect(Frame(image, "f", 0, time.monotonic()))
     run = new_run(store)
     store.add(run, res)
+    store.flush()
     thumb, heat = store.images(store.items(run)[0].id)
     assert thumb.shape[1] == 160 and heat.shape == thumb.shape[:2]
     y, x = np.unravel_index(np.argmax(heat), heat.shape)

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inspector.tensors import fit_tile
-from inspector.tiling import TilingError, cut_tiles, heat_image, plan_grid, stitch
+from inspector.detect.tensors import fit_tile
+from inspector.detect.tiling import TilingError, cut_tiles, heat_image, plan_grid, stitch
 
 
 def coverage(grid) -> np.ndarray:

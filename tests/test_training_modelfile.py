@@ -6,9 +6,17 @@ import torch
 from safetensors.torch import save_file
 
 import models
-from inspector.calibration import calibrate
-from inspector.modelfile import FORMAT_VERSION, ModelFileError, build_metadata, load_model, read_metadata, save_model
-from inspector.training import DeviceError, TrainConfig, TrainingCancelled, TrainingData, resolve_device, train
+from inspector.detect.calibration import calibrate
+from inspector.detect.device import DeviceError, resolve_device
+from inspector.learn.training import TrainConfig, TrainingCancelled, TrainingData, train
+from inspector.modelstore.modelfile import (
+    FORMAT_VERSION,
+    ModelFileError,
+    build_metadata,
+    load_model,
+    read_metadata,
+    save_model,
+)
 
 
 def data(seed=0, n=32, size=16):
@@ -90,6 +98,7 @@ def test_device_resolution():
 
 def saved(tmp_path, method="eidn"):
     det, _ = trained(method)
+    det.eval()                   # infer() leaves the mode to its caller
     cal = calibrate(det.infer(torch.rand(8, 1, 16, 16)).scores.numpy())
     path = save_model(tmp_path / f"{method}.safetensors", det, build_metadata(det, cal, training={"seed": 0}))
     return det, path
@@ -148,7 +157,7 @@ def test_newer_format_and_wrong_weights_are_refused(tmp_path):
 
 
 def test_flips_mirror_samples_only_when_asked():
-    from inspector.training import _BatchSampler
+    from inspector.learn.training import _BatchSampler
 
     tile = np.zeros((1, 8, 8, 1), np.uint8)
     tile[0, 0, 0] = 255                          # one bright corner pixel

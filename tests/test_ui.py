@@ -11,7 +11,7 @@ import pytest
 from conftest import texture
 from PySide6.QtCore import QSettings, QTimer
 
-from inspector.report import write_csv
+from inspector.results.report import write_csv
 from inspector.ui.batch_view import BatchView
 from inspector.ui.main_window import MainWindow
 from inspector.ui.settings import DEMO_MODEL
@@ -178,7 +178,7 @@ def test_a_camera_lost_mid_run_shows_a_banner_and_the_window_stays(qtbot, window
     from test_sources import FakeCapture
 
     import inspector.ui.workers as workers
-    from inspector.sources import CameraSource
+    from inspector.frames.sources import CameraSource
 
     def flaky_camera(spec, on_status):     # 20 frames, then the stream is gone for good
         captures = iter([FakeCapture(20, period=0.01)])

@@ -32,11 +32,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..images import read_image
-from ..overlay import colour_lut
-from ..pipeline import ERROR, NG, OK
-from ..report import write_csv, write_html
-from ..store import ItemRow, ResultStore, Run
+from ..detect.pipeline import ERROR, NG, OK
+from ..frames.images import read_image
+from ..frames.listing import display_name
+from ..results.overlay import colour_lut
+from ..results.report import write_csv, write_html
+from ..results.store import ItemRow, ResultStore, Run
 from .workers import start_task
 
 COLUMNS = ("", "file", "score", "verdict", "operator")
@@ -89,7 +90,7 @@ class ItemsModel(QAbstractTableModel):
         if role == Qt.DecorationRole and col == 0:
             return self._thumb(row)
         if role == Qt.DisplayRole:
-            return ("", Path(row.item).name, "" if row.normalised is None else f"{row.normalised:.3f}",
+            return ("", Path(row.display).name, "" if row.normalised is None else f"{row.normalised:.3f}",
                     row.verdict if row.error is None else f"ERROR: {row.error}", row.label or "")[col]
         if role == SORT_ROLE:
             return (row.frame_index, row.item, -1.0 if row.normalised is None else row.normalised, row.verdict,
@@ -97,7 +98,7 @@ class ItemsModel(QAbstractTableModel):
         if role == Qt.ForegroundRole and col == 3:
             return pg.mkColor(VERDICT_COLOURS[row.verdict])
         if role == Qt.ToolTipRole:
-            return row.item if row.error is None else f"{row.item}\n{row.error}"
+            return row.display if row.error is None else f"{row.display}\n{row.error}"
         if role == Qt.SizeHintRole and col == 0:
             return pg.QtCore.QSize(64, 50)
         return None
@@ -122,7 +123,7 @@ class ItemsFilter(QSortFilterProxyModel):
 
     def filterAcceptsRow(self, source_row: int, source_parent) -> bool:  # noqa: N802
         row = self.sourceModel().rows[source_row]
-        if self.text and self.text not in row.item.lower():
+        if self.text and self.text not in row.display.lower():
             return False
         return {"all": True, "labelled": row.label is not None, "unlabelled": row.label is None}.get(
             self.kind, row.verdict == self.kind)
@@ -293,10 +294,9 @@ class BatchView(QWidget):
     def refresh_runs(self, select: int | None = None) -> None:
         store = self.open_store()
         self.runs.clear()
-        for run in store.runs():
-            if run.kind == "folder":
-                self.runs.addItem(f"#{run.id}  {run.source}  ({run.started[:16].replace('T', ' ')}, {run.status})",
-                                  run.id)
+        for run in store.runs():      # folder runs, and the NG frames recorded by live runs
+            self.runs.addItem(f"#{run.id}  {run.kind}: {display_name(run.source)}  "
+                              f"({run.started[:16].replace('T', ' ')}, {run.status})", run.id)
         if select is not None:
             self.runs.setCurrentIndex(max(0, self.runs.findData(select)))
             self.show_run(select)

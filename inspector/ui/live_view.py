@@ -29,8 +29,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..overlay import COLOURMAPS, colour_lut
-from ..pipeline import NG, FrameResult
+from ..detect.pipeline import NG, FrameResult
+from ..results.overlay import COLOURMAPS, colour_lut
 from .workers import LiveUpdate
 
 TRACE_LENGTH = 300

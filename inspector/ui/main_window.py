@@ -29,10 +29,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..inspection import InspectorSettings, load_inspector, run_settings
-from ..overlay import render
-from ..pipeline import Inspector
-from ..training import device_name
+from ..app.inspection import InspectorSettings, load_inspector, run_settings
+from ..detect.device import device_name
+from ..detect.pipeline import Inspector
+from ..frames.frame import SourceState, SourceStatus
+from ..results.overlay import render
 from .batch_view import BatchView
 from .live_view import LiveView
 from .settings import DEMO_MODEL, AppSettings, SettingsDialog
@@ -272,13 +273,20 @@ class MainWindow(QMainWindow):
         self._show_current_model()
         self._pending_start = False
 
+    def _live_inspectors(self) -> list[Inspector]:
+        """The window's inspector (the template of the next run) and the live worker's own copy."""
+        found = [self.inspector] if self.inspector is not None else []
+        if self.live_worker is not None:
+            found.append(self.live_worker.inspector)
+        return found
+
     def _threshold_changed(self, normalised: float) -> None:
-        if self.inspector is not None:
-            self.inspector.set_normalised_threshold(normalised)
+        for inspector in self._live_inspectors():
+            inspector.set_normalised_threshold(normalised)
 
     def _roi_changed(self, roi) -> None:
-        if self.inspector is not None:
-            self.inspector.set_roi(roi)
+        for inspector in self._live_inspectors():
+            inspector.set_roi(roi)
 
     # -- live -------------------------------------------------------------------------------------
     def _set_running(self, running: bool) -> None:
@@ -296,7 +304,7 @@ class MainWindow(QMainWindow):
             self._pending_start = True     # starts when the model has loaded
             return
         spec = self.source_spec()
-        worker = LiveWorker(spec, self.inspector, db_path=self.settings.results_db,
+        worker = LiveWorker(spec, self.inspector.copy(), db_path=self.settings.results_db,
                             model_path=str(self.model_path), method=self.model_meta.get("method", ""))
         worker.update.connect(self._show_update)
         worker.status.connect(self._source_status)
@@ -345,15 +353,13 @@ class MainWindow(QMainWindow):
         self.latency_label.setText(f"latency {update.latency_ms:.0f} ms")
         self.dropped_label.setText(f"dropped {update.dropped}")
 
-    def _source_status(self, status: str) -> None:
-        if status.startswith("reconnecting"):
-            self.notify(f"Camera lost — {status}…", "warning", sticky=True)
-        elif status == "running" and self.banner.isVisible() and "Camera lost" in self.banner.text():
+    def _source_status(self, status: SourceStatus) -> None:
+        if status.state is SourceState.RECONNECTING:
+            self.notify(f"Camera lost — {status.describe()}…", "warning", sticky=True)
+        elif status.state is SourceState.RUNNING and self.banner.isVisible() and "Camera lost" in self.banner.text():
             self.notify("Camera back.", "info")
-        elif status.startswith(("lost", "failed")):
-            self.notify(f"Source stopped: {status}", "error", sticky=True)
-        elif status not in ("running", "ended", "opening"):
-            self.notify(status, "warning")
+        elif status.failed:
+            self.notify(f"Source stopped: {status.describe()}", "error", sticky=True)
 
     def snapshot(self) -> None:
         """Frame, overlay and the result as JSON, saved under the snapshots folder."""
@@ -381,7 +387,7 @@ class MainWindow(QMainWindow):
             return
         if self.batch_worker is not None:
             return
-        worker = BatchWorker(folder, self.inspector, db_path=self.settings.results_db,
+        worker = BatchWorker(folder, self.inspector.copy(), db_path=self.settings.results_db,
                              model_path=str(self.model_path), method=self.model_meta.get("method", ""),
                              settings=run_settings(self.inspector, self.inspector_settings()))
         worker.progress.connect(self.batch_view.set_progress)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, QStandardPaths
+from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -22,13 +22,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-REPO_RESOURCES = Path(__file__).resolve().parents[2] / "resources"
-DEMO_MODEL = REPO_RESOURCES / "demo-eidn.safetensors"
+from ..base.paths import data_dir, default_results_db, resource
 
-
-def data_dir() -> Path:
-    """The user's data folder for Inspector (results, models, snapshots)."""
-    return Path(QStandardPaths.writableLocation(QStandardPaths.AppDataLocation) or Path.home() / ".inspector")
+DEMO_MODEL = resource("demo-eidn.safetensors")
 
 
 @dataclass
@@ -43,7 +39,7 @@ class AppSettings:
     @classmethod
     def load(cls, qs: QSettings) -> AppSettings:
         base = data_dir()
-        return cls(results_db=Path(qs.value("paths/results_db", str(base / "results.sqlite"))),
+        return cls(results_db=Path(qs.value("paths/results_db", str(default_results_db()))),
                    models_dir=Path(qs.value("paths/models_dir", str(base / "models"))),
                    snapshots_dir=Path(qs.value("paths/snapshots_dir", str(base / "snapshots"))),
                    tile=int(qs.value("inspection/tile", 0)), stride=int(qs.value("inspection/stride", 0)),

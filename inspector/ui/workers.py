@@ -21,13 +21,15 @@ import cv2
 import numpy as np
 from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal, Slot
 
-from ..inspection import RunSummary, run_inspection
-from ..pipeline import NG, FrameResult, Inspector
-from ..sources import CameraSource, FolderSource, SourceError, open_source
-from ..store import ResultStore
-from ..synthetic import DEMO_NAME, demo_source
+from ..app.demo import DEMO_NAME, demo_source
+from ..app.inspection import Record, RunSummary, run_inspection, source_kind
+from ..detect.pipeline import FrameResult, Inspector
+from ..frames.frame import SourceStatus
+from ..frames.sources import Source, SourceError, open_source
+from ..results.store import ResultStore
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class SourceSpec:
@@ -38,7 +40,7 @@ class SourceSpec:
         return DEMO_NAME if self.kind == "demo" else f"{self.kind} {self.value}"
 
 
-def open_live_source(spec: SourceSpec, on_status: Callable[[str], None]) -> CameraSource | FolderSource:
+def open_live_source(spec: SourceSpec, on_status: Callable[[SourceStatus], None]) -> Source:
     """The source a live view shows; cameras and streams try to reconnect for ever."""
     if spec.kind == "demo":
         return demo_source(on_status=on_status)
@@ -63,23 +65,25 @@ class LiveUpdate:
 
 
 class LiveWorker(QObject):
-    """Takes frames from a source, inspects each, and hands the newest result to the view.
+    """Runs the inspection loop on a live source and hands the newest result to the view.
 
-    If the view is still busy with earlier results, newer ones are not queued behind them (the
-    display would lag ever further behind the line): they are inspected and recorded, and the
-    next one is shown.  Anomalous frames are recorded in the results database.
+    It owns its ``Inspector`` (a copy of the window's): the threshold and region the operator
+    moves apply to it at once, and to nothing else.  If the view is still busy with earlier
+    results, newer ones are not queued behind them (the display would lag ever further behind the
+    line): they are inspected and recorded, and the next one is shown.  NG and ERROR frames are
+    recorded in the results database.
     """
 
     update = Signal(object)      # LiveUpdate
-    status = Signal(str)         # the source's state: running, reconnecting (...), lost ...
+    status = Signal(object)      # SourceStatus: running, reconnecting, lost ...
     failed = Signal(str)
     finished = Signal(object)    # this worker
 
     # Connect these signals to bound methods of UI objects only: PySide6 runs a lambda connected to
     # a signal of this worker in the worker's own thread, where no widget may be touched.
 
-    def __init__(self, spec: SourceSpec, inspector: Inspector, *, db_path: Path | None = None,
-                 model_path: str = "", method: str = "") -> None:
+    def __init__(self, spec: SourceSpec, inspector: Inspector, *, db_path: Path, model_path: str = "",
+                 method: str = "") -> None:
         super().__init__()
         self.spec, self.inspector = spec, inspector
         self.db_path, self.model_path, self.method = db_path, model_path, method
@@ -87,6 +91,9 @@ class LiveWorker(QObject):
         self._paused = threading.Event()
         self._in_view = 0               # updates sent and not yet shown
         self._lock = threading.Lock()
+        self._fps = 0.0
+        self._last: float | None = None
+        self._source: Source | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -119,64 +126,41 @@ class LiveWorker(QObject):
         except SourceError as exc:
             self.failed.emit(str(exc))
             return
-        store, run_id = None, None
-        if self.db_path is not None:
-            store = ResultStore(self.db_path)
-            run_id = store.start_run(source=self.spec.describe(), kind="camera", model=self.model_path,
+        self._source = source
+        with ResultStore(self.db_path) as store:
+            run_id = store.start_run(source=self.spec.describe(), kind=source_kind(source), model=self.model_path,
                                      method=self.method, settings={"tile": self.inspector.tile,
                                                                    "stride": self.inspector.stride,
-                                                                   "recorded": "anomalous frames"},
+                                                                   "recorded": "NG and ERROR frames"},
                                      threshold=self.inspector.threshold)
-        fps, last = 0.0, None
-        status = "stopped"
-        frames = None if isinstance(source, CameraSource) else iter(source)
-        try:
-            while not self._stop.is_set():
-                if self._paused.is_set():
-                    self._stop.wait(0.05)
-                    continue
-                if frames is None:
-                    frame = source.next_frame(timeout=0.2)
-                    if frame is None:
-                        if not source.ended:
-                            continue
-                        status = source.status
-                        break
-                else:
-                    frame = next(frames, None)
-                    if frame is None:
-                        status = "ended"
-                        break
-                result = self.inspector.inspect(frame)
-                now = time.monotonic()
-                if last is not None:
-                    rate = 1.0 / max(now - last, 1e-6)
-                    fps = 0.9 * fps + 0.1 * rate if fps else rate
-                last = now
-                if store is not None and result.verdict == NG:
-                    store.add(run_id, result)
-                self._show(result, fps, source.dropped)
-        finally:
-            source.close()
-            if store is not None:
-                store.finish_run(run_id, status)
-                store.close()
+            run_inspection(self.inspector, source, store, run_id, record=Record.NOT_OK,
+                           should_cancel=self._stop.is_set, is_paused=self._paused.is_set, on_result=self._show)
 
-    def _show(self, result: FrameResult, fps: float, dropped: int) -> None:
+    def _show(self, result: FrameResult) -> None:
+        now = time.monotonic()
+        if self._last is not None:
+            rate = 1.0 / max(now - self._last, 1e-6)
+            self._fps = 0.9 * self._fps + 0.1 * rate if self._fps else rate
+        self._last = now
         with self._lock:
             if self._in_view >= 2:
                 return
             self._in_view += 1
         if result.image is None:      # an unreadable file in a folder: say so, keep going
             self.shown()
-            self.status.emit(f"{result.item}: {result.error}")
+            self.failed.emit(f"{result.item}: {result.error}")
             return
         rgb = cv2.cvtColor(result.image, cv2.COLOR_BGR2RGB)
-        self.update.emit(LiveUpdate(result, rgb, fps, result.latency_s * 1000.0, dropped, self))
+        dropped = self._source.dropped if self._source is not None else 0
+        self.update.emit(LiveUpdate(result, rgb, self._fps, result.latency_s * 1000.0, dropped, self))
 
 
 class BatchWorker(QObject):
-    """Inspects a folder into the results database, with progress and cancel."""
+    """Inspects a folder into the results database, with progress and cancel.
+
+    Its ``Inspector`` is its own copy, taken when the run starts: the run's verdicts all use the
+    threshold it started with, whatever the live view does meanwhile.
+    """
 
     progress = Signal(int, int)          # done, total
     finished = Signal(int, object)       # run id, RunSummary
@@ -195,9 +179,9 @@ class BatchWorker(QObject):
     @Slot()
     def run(self) -> None:
         try:
-            source = FolderSource(self.folder)
+            source = open_source(str(self.folder))
             with ResultStore(self.db_path) as store:
-                run_id = store.start_run(source=str(self.folder), kind="folder", model=self.model_path,
+                run_id = store.start_run(source=str(self.folder), kind=source_kind(source), model=self.model_path,
                                          method=self.method, settings=self.settings,
                                          threshold=self.inspector.threshold)
                 summary: RunSummary = run_inspection(

@@ -22,43 +22,15 @@ import torch
 
 from models import Detector, TrainBatch
 
-from .progress import Progress, ProgressCallback
-from .tensors import to_tensor
+from ..base.errors import InspectorError
+from ..base.progress import Progress, ProgressCallback
+from ..detect.tensors import to_tensor
 
 log = logging.getLogger(__name__)
 
 
 class TrainingCancelled(Exception):
     """Raised when the caller's cancel check answers yes; nothing has been saved as a model."""
-
-
-class DeviceError(Exception):
-    """The requested device does not exist on this machine."""
-
-
-def resolve_device(spec: str | None = "auto") -> torch.device:
-    """'auto' = the first CUDA GPU when there is one, else the CPU; 'cpu', 'cuda', 'cuda:N'."""
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as exc:
-        raise DeviceError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError("no CUDA GPU is available on this machine; use --device cpu (or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"{spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    elif device.type != "cpu":
-        raise DeviceError(f"unsupported device {spec!r}: use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -164,11 +136,20 @@ def _save_checkpoint(path: Path, detector: Detector, epoch: int, steps: int, sec
     os.replace(tmp, path)
 
 
+class CheckpointError(InspectorError):
+    """A training checkpoint that cannot be resumed from; the message says what to do."""
+
+
 def _load_checkpoint(path: Path, detector: Detector) -> tuple[int, int, float]:
-    state = torch.load(path, map_location=detector.device, weights_only=True)
-    detector.load_state_dict(state["model"])
-    detector.load_optimizer_state(state["optimizers"])
-    return int(state["epoch"]), int(state["steps"]), float(state["seconds"])
+    """Resume state from a checkpoint, loaded with ``weights_only=True`` (no code can run)."""
+    try:
+        state = torch.load(path, map_location=detector.device, weights_only=True)
+        detector.load_state_dict(state["model"])
+        detector.load_optimizer_state(state["optimizers"])
+        return int(state["epoch"]), int(state["steps"]), float(state["seconds"])
+    except Exception as exc:   # a damaged file can fail in the unpickler, in zip, or in load_state_dict
+        raise CheckpointError(f"{path}: the training checkpoint is damaged or from another model "
+                              f"({type(exc).__name__}); delete it to train from the start") from exc
 
 
 def train(detector: Detector, data: TrainingData, config: TrainConfig, *,

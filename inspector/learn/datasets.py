@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,15 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import ImageReadError, is_grey, is_image_file, read_image
-from .tensors import fit_tile
+from ..base.errors import InspectorError
+from ..detect.tensors import fit_tile
+from ..frames.images import ImageReadError, decode_workers, is_grey, is_image_file, read_image
+from ..frames.listing import display_name, walk
 
 log = logging.getLogger(__name__)
 
 GOOD = "good"
 
 
-class DatasetError(Exception):
+class DatasetError(InspectorError):
     """A data folder that cannot be used (missing, empty, wrong layout); the message says why."""
 
 
@@ -55,19 +56,33 @@ class MVTecSet:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files below ``folder``, recursively, in a stable sorted order."""
+    """Image files below ``folder``, recursively, in a stable sorted order.
+
+    Entries that are not image files (by name), or cannot be read (broken links, FIFOs, ...), are
+    left out and logged; a training set is a folder of images, not a folder to account for.
+    """
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    images = []
+    for entry in walk(folder):
+        if entry.readable and is_image_file(entry.path):
+            images.append(Path(entry.path))
+        elif entry.skip is None:
+            log.warning("%s: left out of the data set (%s)", display_name(entry.path), entry.error or "not an image")
+    return images
 
 
-def discover(root: str | Path, *, need_test: bool = False) -> MVTecSet:
+def discover(root: str | Path, *, need_train: bool = True, need_test: bool = False) -> MVTecSet:
+    """The data set under ``root``; ``need_train`` / ``need_test``: refuse one without that split.
+
+    Scoring a set (``eval``) needs only ``test/``; training needs ``train/good``.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"data folder not found: {root}")
     good_dir = root / "train" / GOOD
     train_good = list_images(good_dir)
-    if not train_good:
+    if need_train and not train_good:
         raise DatasetError(f"no training images: {good_dir} is missing or holds no image files")
     defect_root = root / "train" / "defect"
     train_defect = [(p, p.relative_to(defect_root).parts[0]) for p in list_images(defect_root)
@@ -95,10 +110,6 @@ class LoadedTiles:
     errors: list[tuple[Path, str]]     # files skipped, with the reason
 
 
-def default_workers() -> int:
-    return max(2, min(8, os.cpu_count() or 2))
-
-
 def load_tiles(paths: Sequence[Path], *, size: int, channels: int,
                progress: Callable[[int, int], None] | None = None,
                workers: int | None = None) -> LoadedTiles:
@@ -111,7 +122,7 @@ def load_tiles(paths: Sequence[Path], *, size: int, channels: int,
         return fit_tile(img, size, channels), img.shape[:2]
 
     tiles, kept, shapes, errors = [], [], [], []
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=workers or decode_workers()) as pool:
         futures = [pool.submit(load, p) for p in paths]
         for i, (path, fut) in enumerate(zip(paths, futures, strict=True)):
             try:

@@ -12,7 +12,7 @@ recomputed on whatever data was just scored.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -49,7 +49,21 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
-        return cls(**d)
+        """Rebuild a stored calibration; ``ValueError`` with a sentence when it is incomplete or not usable."""
+        if not isinstance(d, dict):
+            raise ValueError("the calibration is not a table of values")
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise ValueError(f"the calibration lacks {', '.join(missing)}")
+        cal = cls(**{n: d[n] for n in names})
+        for name in ("threshold", "good_median", "scale"):
+            value = getattr(cal, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"the calibration's {name} is not a finite number ({value!r})")
+        if cal.scale <= 0:
+            raise ValueError(f"the calibration's scale must be positive, got {cal.scale}")
+        return cal
 
 
 def threshold_at_false_alarm_rate(good_scores: np.ndarray, rate: float) -> float:

@@ -18,10 +18,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import __version__
-from .atomic import atomic_path
+from .. import __version__
+from ..base.atomic import atomic_path
+from ..detect.pipeline import ERROR, NG, OK
+from ..frames.listing import display_name
 from .overlay import colour_heat
-from .pipeline import ERROR, NG, OK
 from .store import ItemRow, ResultStore, Run
 
 THUMBNAILS_MAX = 300
@@ -41,7 +42,7 @@ def write_csv(store: ResultStore, run_id: int, path: str | Path) -> Path:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for r in store.items(run_id):
-            writer.writerow([r.item, r.frame_index, r.verdict, "" if r.score is None else f"{r.score:.6g}",
+            writer.writerow([r.display, r.frame_index, r.verdict, "" if r.score is None else f"{r.score:.6g}",
                              "" if r.normalised is None else f"{r.normalised:.4f}", r.error or "", r.label or "",
                              r.overlay or "", r.inspected])
     return path
@@ -97,12 +98,20 @@ img { max-height: 160px; margin-right: 4px; vertical-align: middle; } .num { tex
 
 
 def _summary_rows(run: Run, counts: dict[str, int]) -> str:
-    rows = [("source", run.source), ("model", f"{run.model} ({run.method})"),
+    rows = [("source", display_name(run.source)), ("model", f"{run.model} ({run.method})"),
             ("threshold (raw)", f"{run.threshold:.6g}"),
             ("settings", ", ".join(f"{k}={v}" for k, v in run.settings.items())),
             ("started", run.started), ("ended", run.ended or "—"), ("status", run.status),
             ("items", str(sum(counts.values()))), ("OK", str(counts[OK])), ("NG (anomalous)", str(counts[NG])),
             ("errors", str(counts[ERROR]))]
+    summary = run.summary
+    if summary.get("entries") is not None:
+        rows.insert(7, ("entries listed", str(summary["entries"])))
+    rows += [(f"skipped: {why}", str(n)) for why, n in summary.get("skipped", {}).items()]
+    for key, label in (("dropped", "frames dropped (live: newer frame taken)"),
+                       ("frames_lost", "frames lost (could not be read)")):
+        if summary.get(key):
+            rows.append((label, str(summary[key])))
     return "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
 
 
@@ -113,7 +122,7 @@ def write_html(store: ResultStore, run_id: int, path: str | Path) -> Path:
     counts = store.counts(run_id)
     with _atomic_text(path) as f:
         f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>Inspection report: "
-                f"{html.escape(run.source)}</title><style>{_STYLE}</style></head><body>")
+                f"{html.escape(display_name(run.source))}</title><style>{_STYLE}</style></head><body>")
         f.write(f"<h1>Inspection report</h1><table class='summary'>{_summary_rows(run, counts)}</table>")
         threshold = run.settings.get("normalised_threshold", 0.5)
         f.write(f"<h2>Score histogram</h2>{_histogram_svg(items, threshold)}")
@@ -129,7 +138,7 @@ def write_html(store: ResultStore, run_id: int, path: str | Path) -> Path:
             score = "" if row.normalised is None else f"{row.normalised:.3f}"
             label = f" (operator: {row.label})" if row.label else ""
             f.write(f"<tr><td>{rank}</td><td class='{row.verdict}'>{row.verdict}{label}</td><td class='num'>{score}"
-                    f"</td><td>{html.escape(row.item)}</td><td>{cell}</td></tr>")
+                    f"</td><td>{html.escape(row.display)}</td><td>{cell}</td></tr>")
         f.write(f"</table><p>Inspector {__version__}. Scores are normalised: 0.5 is the calibrated threshold."
                 "</p></body></html>")
     return path

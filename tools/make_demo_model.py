@@ -1,6 +1,6 @@
 """Re-make the demo model shipped in resources/: EIDN trained on the synthetic demo surface.
 
-    python resources/make_demo_model.py [--out resources/demo-eidn.safetensors]
+    python tools/make_demo_model.py [--out resources/demo-eidn.safetensors]
 
 Writes a temporary data set in the MVTec AD layout — 160x160 pixel crops of the demo's
 defect-free surface (the demo's inspection tile) for training, and more crops with and without
@@ -28,11 +28,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from inspector.jobs import TrainOptions, evaluate, train_model  # noqa: E402
-from inspector.modelfile import save_model  # noqa: E402
-from inspector.pipeline import Inspector, calibrate_frames  # noqa: E402
-from inspector.sources import Frame  # noqa: E402
-from inspector.synthetic import SyntheticSurface  # noqa: E402
+from inspector.app.demo import SyntheticSurface  # noqa: E402
+from inspector.app.jobs import TrainOptions, evaluate, train_model  # noqa: E402
+from inspector.detect.pipeline import Inspector, calibrate_frames  # noqa: E402
+from inspector.frames.frame import Frame  # noqa: E402
+from inspector.modelstore.modelfile import save_model  # noqa: E402
 
 TILE = 160
 DEFAULT_OUT = REPO / "resources" / "demo-eidn.safetensors"

@@ -7,7 +7,6 @@ bench: train then evaluate, with the figures the README tables are made of.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -20,16 +19,26 @@ import numpy as np
 import models
 from models import Detector
 
-from .calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate
-from .datasets import DatasetError, MVTecSet, defects_for_fraction, detect_channels, discover, load_tiles, split_holdout
-from .heatmap import map_to_image
-from .images import ImageReadError, read_mask
-from .metrics import auroc, rates_at
-from .modelfile import build_metadata
-from .progress import Progress, ProgressCallback
-from .pseudo_anomalies import make_pseudo_anomalies
-from .scoring import score_tiles
-from .training import TrainConfig, TrainingData, TrainReport, device_name, resolve_device, seed_everything, train
+from ..base.errors import InspectorError
+from ..base.progress import Progress, ProgressCallback
+from ..detect.calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate
+from ..detect.device import device_name, resolve_device
+from ..detect.heatmap import map_to_image
+from ..detect.scoring import score_tiles
+from ..frames.images import ImageReadError, read_mask
+from ..learn.datasets import (
+    DatasetError,
+    MVTecSet,
+    defects_for_fraction,
+    detect_channels,
+    discover,
+    load_tiles,
+    split_holdout,
+)
+from ..learn.metrics import auroc, rates_at
+from ..learn.pseudo_anomalies import make_pseudo_anomalies
+from ..learn.training import TrainConfig, TrainingData, TrainReport, seed_everything, train
+from ..modelstore.modelfile import build_metadata
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +48,15 @@ HOLDOUT_FRACTION = 0.1
 PSEUDO_POOL = 3000
 
 
-class OptionError(ValueError):
+class OptionError(InspectorError):
     """A training option that the chosen method does not accept; the message says which ones it does."""
 
 
-def method_hparams(cls: type[Detector]) -> dict[str, Any]:
-    """The method's hyper-parameters and their defaults (the paper's values)."""
-    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and name not in ("size", "channels")}
-
-
 def build_detector(cls: type[Detector], size: int, channels: int, hparams: dict[str, Any]) -> Detector:
-    unknown = set(hparams) - set(method_hparams(cls))
+    unknown = set(hparams) - set(cls.hparam_defaults())
     if unknown:
         raise OptionError(f"method {cls.method!r} has no setting {', '.join(sorted(unknown))}; "
-                          f"its settings: {', '.join(f'{k}={v}' for k, v in method_hparams(cls).items())}")
+                          f"its settings: {', '.join(f'{k}={v}' for k, v in cls.hparam_defaults().items())}")
     try:
         return cls(size=size, channels=channels, **hparams)
     except (TypeError, ValueError) as exc:

@@ -2,6 +2,9 @@
 
 One function serves the CLI's saved images, the HTML report and the GUI's snapshots, so that
 an operator sees the same picture everywhere.
+
+The heat map is brought to frame resolution a band of rows at a time and blended into the copy of
+the frame: drawing a 20000 x 20000 frame costs that copy and a few MB, not five full-size arrays.
 """
 
 from __future__ import annotations
@@ -9,12 +12,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .pipeline import NG, OK, FrameResult
+from ..detect.pipeline import NG, OK, FrameResult
 
 COLOURMAPS = {"turbo": cv2.COLORMAP_TURBO, "jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO,
               "viridis": cv2.COLORMAP_VIRIDIS, "hot": cv2.COLORMAP_HOT}
 VERDICT_BGR = {OK: (60, 170, 40), NG: (40, 40, 220)}
 BOX_BGR = (40, 40, 255)
+#: Rows of the frame coloured and blended at once.
+BAND_ROWS = 512
 
 
 def colour_heat(heat: np.ndarray, colourmap: str = "turbo") -> np.ndarray:
@@ -29,14 +34,36 @@ def colour_lut(colourmap: str = "turbo") -> np.ndarray:
     return cv2.applyColorMap(levels, COLOURMAPS[colourmap])[:, 0, ::-1].copy()
 
 
+def heat_band(scaled: np.ndarray, size: tuple[int, int], rows: tuple[int, int]) -> np.ndarray:
+    """Rows [r0, r1) of ``scaled`` resized to ``size`` (w, h) with bilinear interpolation, as
+    ``cv2.resize`` would give them, without making the whole resized map."""
+    (w, h), (r0, r1) = size, rows
+    hs, ws = scaled.shape[:2]
+    sx, sy = ws / w, hs / h
+    to_source = np.float32([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, (r0 + 0.5) * sy - 0.5]])
+    return cv2.warpAffine(scaled, to_source, (w, r1 - r0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def blend_heat(out: np.ndarray, roi: tuple[int, int, int, int], scaled: np.ndarray, alpha: float,
+               colourmap: str = "turbo") -> None:
+    """Blend the coloured heat map (the region's ``scaled`` map) into ``out`` over the region, in place."""
+    x, y, w, h = roi
+    for r0 in range(0, h, BAND_ROWS):
+        r1 = min(h, r0 + BAND_ROWS)
+        band = out[y + r0:y + r1, x:x + w]
+        colour = colour_heat(heat_band(scaled, (w, h), (r0, r1)), colourmap)
+        band[...] = cv2.addWeighted(colour, alpha, band, 1.0 - alpha, 0.0)
+
+
 def render(result: FrameResult, *, heat: bool = True, alpha: float = 0.4, colourmap: str = "turbo",
            boxes: bool = True, text: bool = True) -> np.ndarray:
     """The frame with the heat map blended at ``alpha``, flagged tiles boxed and the verdict written."""
     if result.image is None:
         raise ValueError(f"{result.item}: no image to draw on ({result.error})")
     out = result.image.copy()
-    if heat and result.heat is not None and alpha > 0:
-        out = cv2.addWeighted(colour_heat(result.heat, colourmap), alpha, out, 1.0 - alpha, 0.0)
+    if heat and result.heat_scaled is not None and alpha > 0:
+        blend_heat(out, result.grid.roi, result.heat_scaled, alpha, colourmap)
     thickness = max(1, round(max(out.shape[:2]) / 400))
     if boxes:
         for x0, y0, x1, y1 in result.flagged_boxes():

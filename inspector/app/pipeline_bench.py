@@ -20,17 +20,16 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
-from .datasets import list_images
-from .images import ImageReadError, read_image
+from ..base.progress import ProgressCallback
+from ..detect.device import device_name, device_tag
+from ..detect.pipeline import FrameResult, Inspector
+from ..frames.images import ImageReadError, read_image
+from ..frames.sources import CameraSource, FolderSource, FrameClock, SourceError
+from ..learn.datasets import list_images
+from ..results.overlay import render
+from ..results.store import ResultStore
 from .inspection import InspectorSettings, load_inspector, run_inspection, run_settings
-from .overlay import render
-from .pipeline import FrameResult, Inspector
-from .progress import ProgressCallback
-from .sources import CameraSource, FolderSource, FrameClock, SourceError
-from .store import ResultStore
-from .training import device_name
 
 LIVE_SHAPE = (720, 1280)
 #: Results at the start of the live run left out of the latency figures (first calls warm up).
@@ -87,13 +86,6 @@ def mosaic_frames(files: list[Path], cell: int, count: int = 8, seed: int = 0) -
         grid = np.concatenate([np.concatenate(picks[r * cols:(r + 1) * cols], axis=1) for r in range(rows)], axis=0)
         frames.append(np.ascontiguousarray(grid[:h, :w]))
     return frames
-
-
-def _device_tag(device: torch.device) -> str:
-    """The device in one word, for the benchmark's last line: cpu, or cuda:<GPU name>."""
-    if device.type == "cuda":
-        return "cuda:" + torch.cuda.get_device_name(device).replace(" ", "_")
-    return "cpu"
 
 
 def _decode_only(files: list[Path]) -> tuple[int, float]:
@@ -155,6 +147,6 @@ def bench_pipeline(model: str | Path, folder: str | Path, *, device: str = "auto
         "live_frames": live_run.items, "live_dropped": live_run.dropped, "live_fps": live_run.items_per_second,
         "live_latency_p50_ms": float(np.percentile(timed, 50)), "live_latency_p95_ms": float(np.percentile(timed, 95)),
         "overlay_ms": round(float(np.median(overlay_ms)), 2), "device": device_name(inspector.detector.device),
-        "device_tag": _device_tag(inspector.detector.device),
+        "device_tag": device_tag(inspector.detector.device),
         "half": half,
     }

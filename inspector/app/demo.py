@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .pseudo_anomalies import crack, scratch, spot
-from .sources import CameraSource, FrameClock
+from ..frames.sources import CameraSource, FrameClock
+from ..learn.pseudo_anomalies import crack, scratch, spot
 
 FRAME_SHAPE = (720, 1280)
 #: Defects are painted at 1/DEFECT_SCALE of the frame's resolution and enlarged: at the demo's

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..base.errors import InspectorError
 from .heatmap import SMOOTHING_SIGMA
 from .tensors import fit_tile
 
 Roi = tuple[int, int, int, int]  # x, y, width, height in frame pixels
 
 
-class TilingError(ValueError):
+class TilingError(InspectorError):
     """Tiling settings that cannot work (non-positive sizes, a region outside the frame)."""
 
 

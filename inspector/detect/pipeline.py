@@ -8,11 +8,16 @@ calibrated threshold), shaped inside each tile by the difference map where the m
 
 The operator may move the threshold (the GUI's slider): verdicts and flagged tiles follow it at
 once, while normalised scores and heat maps keep the calibrated scale, so that a score means the
-same before and after the move.
+same before and after the move.  Each worker owns its ``Inspector`` (``copy``): moving the live
+view's threshold or region never changes a folder run in progress.
+
+A score that is not a finite number (a damaged model, an overflow) is never read as OK: the frame
+is an ERROR with the reason.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,12 +26,14 @@ import numpy as np
 
 from models import Detector
 
+from ..frames.frame import Frame
 from .calibration import Calibration, calibrate
 from .scoring import score_tiles
-from .sources import Frame
 from .tiling import Roi, TileGrid, TilingError, cut_tiles, heat_image, plan_grid, stitch
 
 OK, NG, ERROR = "OK", "NG", "ERROR"
+NON_FINITE = ("the model gave a score that is not a number (NaN or infinity); the model file or the image "
+              "may be damaged")
 
 
 @dataclass
@@ -65,7 +72,8 @@ class FrameResult:
 
     @property
     def verdict(self) -> str:
-        if self.error is not None:
+        """OK or NG against ``threshold``; ERROR when there is no score to judge (never OK by default)."""
+        if self.error is not None or not (math.isfinite(self.score) and math.isfinite(self.threshold)):
             return ERROR
         return NG if self.score > self.threshold else OK
 
@@ -86,7 +94,7 @@ class Inspector:
     def __init__(self, detector: Detector, calibration: Calibration, *, tile: int | None = None,
                  stride: int | None = None, roi: Roi | None = None, half: bool = False,
                  max_batch_tiles: int = 256) -> None:
-        self.detector = detector.eval()
+        self.detector = detector
         self.calibration = calibration
         self._threshold = calibration.threshold
         self.half = half
@@ -102,11 +110,20 @@ class Inspector:
         return self._threshold
 
     def set_threshold(self, raw: float) -> None:
+        if not math.isfinite(raw):
+            raise ValueError(f"the threshold must be a finite number, got {raw}")
         self._threshold = float(raw)
 
     def set_normalised_threshold(self, p: float) -> None:
         """Move the threshold to the raw score whose normalised score is ``p`` (0.5 = calibrated)."""
-        self._threshold = self.calibration.denormalise(p)
+        self.set_threshold(self.calibration.denormalise(p))
+
+    def copy(self) -> Inspector:
+        """An Inspector of its own (threshold, region, tiling) sharing this one's loaded detector."""
+        twin = Inspector(self.detector, self.calibration, tile=self._tile, stride=self._stride, roi=self._roi,
+                         half=self.half, max_batch_tiles=self.max_batch_tiles)
+        twin._threshold = self._threshold
+        return twin
 
     @property
     def normalised_threshold(self) -> float:
@@ -186,6 +203,11 @@ class Inspector:
                                                     strict=True):
                 frame = frames[i]
                 worst = float(raw.max())
+                if not math.isfinite(worst):
+                    results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
+                                             error=NON_FINITE, score=worst, threshold=threshold, grid=grid,
+                                             thumbnail=frame.prepared.get("thumbnail"))
+                    continue
                 heat = stitch(grid, calibration.normalise(raw), tile_maps)
                 results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
                                          score=worst, normalised=float(calibration.normalise(worst)),

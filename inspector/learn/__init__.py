@@ -1,0 +1,1 @@
+"""Learning a detector: data sets, pseudo-anomalies, the training engine, metrics."""

@@ -1,0 +1,1 @@
+"""What inspection leaves behind: the results database, overlay images, HTML and CSV reports."""
