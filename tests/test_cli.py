@@ -63,6 +63,15 @@ def test_train_then_eval(tiny_mvtec, tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("image_auroc=")
 
 
+def test_eval_needs_only_the_test_split(tiny_mvtec, tiny_model, tmp_path, capsys):
+    import shutil
+
+    only_test = tmp_path / "line-7"
+    shutil.copytree(tiny_mvtec / "test", only_test / "test")
+    assert main(["eval", "--model", str(tiny_model), "--data", str(only_test)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("image_auroc=")
+
+
 def test_missing_training_images_exit_2_and_write_nothing(tmp_path, capsys):
     (tmp_path / "set" / "train" / "good").mkdir(parents=True)
     model = tmp_path / "m.safetensors"

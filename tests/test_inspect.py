@@ -130,6 +130,8 @@ def test_ctrl_c_ends_the_run_cleanly_with_what_was_done(tiny_model, tmp_path, mo
     assert rc == 130
     assert last_line(capsys).startswith("items=8 ")     # two batches of 4 images (64 tiles) were done
     assert report.read_text().count("<tr><td>") >= 8
+    with sqlite3.connect(tmp_path / "r.sqlite") as reader:
+        assert reader.execute("SELECT status FROM runs").fetchall() == [("interrupted",)]
 
 
 def test_bad_sources_and_options_exit_2(tiny_model, tmp_path, capsys):

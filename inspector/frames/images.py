@@ -48,6 +48,7 @@ class ImageHeader:
     height: int
     bands: int           # channels as stored (1 grey or palette, 3 colour, 4 with alpha)
     sample_bytes: int    # 1 for 8-bit, 2 for 16-bit, 4 for 32-bit samples
+    file_bytes: int = 0
 
     @property
     def pixels(self) -> int:
@@ -55,10 +56,12 @@ class ImageHeader:
 
     @property
     def decoded_bytes(self) -> int:
-        """Memory a decode takes at its peak: the decoded array plus the uint8 BGR copy made from it."""
+        """Memory a decode takes at its peak: the file's bytes, the decoder's array and the copy OpenCV's
+        Python binding returns of it (measured: twice the decoded image, for PNG and JPEG alike), and
+        the uint8 BGR conversion where one is needed."""
         decoded = self.pixels * max(self.bands, 1) * self.sample_bytes
         converted = 0 if (self.bands == 3 and self.sample_bytes == 1) else self.pixels * 3
-        return decoded + converted
+        return self.file_bytes + 2 * decoded + converted
 
 
 _MODE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
@@ -103,15 +106,35 @@ def file_kind(mode: int) -> str:
     return "an entry of an unknown kind"
 
 
+#: Leading bytes of the formats folders mostly hold: Pillow is told which parser to try first.
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"BM", "BMP"), (b"GIF8", "GIF"),
+          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _guess_format(head: bytes) -> list[str] | None:
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return [name]
+    return None
+
+
 def read_header(path: str | Path) -> ImageHeader:
     """The image's format and size, read from its header without decoding the pixels."""
     path = Path(path)
     _check_regular(path)
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            bands = len(im.getbands())
-            return ImageHeader(im.format or "?", int(width), int(height), bands, _MODE_BYTES.get(im.mode, 1))
+        with open(path, "rb") as f:
+            guess = _guess_format(f.read(16))
+            for formats in ([guess, None] if guess else [None]):
+                f.seek(0)
+                try:
+                    with Image.open(f, formats=formats) as im:
+                        width, height = im.size
+                        return ImageHeader(im.format or "?", int(width), int(height), len(im.getbands()),
+                                           _MODE_BYTES.get(im.mode, 1), os.fstat(f.fileno()).st_size)
+                except UnidentifiedImageError:
+                    if formats is None:
+                        raise
     except UnidentifiedImageError as exc:
         raise ImageReadError(f"{path}: not an image file (unknown format)") from exc
     except OSError as exc:
@@ -120,6 +143,7 @@ def read_header(path: str | Path) -> ImageHeader:
         raise ImageReadError(f"{path}: {_os_reason(exc)}") from exc
     except Exception as exc:     # a damaged header can make a format parser raise anything
         raise ImageReadError(f"{path}: damaged image header ({type(exc).__name__}: {exc})") from exc
+    raise ImageReadError(f"{path}: not an image file (unknown format)")
 
 
 def check_size(header: ImageHeader, path: str | Path, max_pixels: int | None) -> None:

@@ -316,7 +316,7 @@ class DecodeBudget:
     def acquire(self, nbytes: int, seq: int) -> bool:
         """Wait until ``nbytes`` fit (or ``seq`` is the head); False when the budget was closed."""
         with self._cond:
-            while not self._closed and not (self.used + nbytes <= self.limit or self.used == 0 or seq <= self._head):
+            while not self._closed and not (self.used + nbytes <= self.limit or seq <= self._head):
                 self._cond.wait()
             if self._closed:
                 return False
