@@ -327,7 +327,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.resume and not isinstance(source, FolderSource):
         source.close()
         raise InputError("--resume continues folder runs only")
-    with ResultStore(db) as store:
+    try:
+        store = ResultStore(db)
+    except BaseException:
+        source.close()
+        raise
+    with store:
         if run_id is None:
             run_id = store.start_run(source=source_key, kind=source_kind(source), model=model_key,
                                      method=meta["method"], settings=run_settings(inspector, settings),

@@ -22,7 +22,7 @@ from inspector.detect.calibration import calibrate
 from inspector.detect.pipeline import ERROR, NG, OK, FrameResult, Inspector
 from inspector.faults import png_claiming
 from inspector.frames.frame import Frame, SourceState
-from inspector.frames.images import ImageReadError, read_header, read_image
+from inspector.frames.images import ImageReadError, read_header, read_image, write_image
 from inspector.frames.sources import CameraSource, DecodeBudget, FolderSource
 from inspector.results.report import write_csv
 from inspector.results.store import ResultStore
@@ -224,3 +224,123 @@ def test_frames_in_a_resumed_run_keep_their_index(tmp_path, darkness_inspector):
         run_inspection(darkness_inspector(), FolderSource(files, skip=done), store, run)
         rows = store.items(run, order="index")
     assert [r.frame_index for r in rows] == [0, 1, 2, 3, 4] and rows[3].verdict == NG
+
+
+# -- found in review -----------------------------------------------------------------------------------
+def test_a_folder_whose_own_name_is_not_utf8_is_inspected(tmp_path, tiny_model, capsys):
+    from inspector.cli import main
+
+    folder = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9")
+    overlays = os.fsdecode(os.fsencode(tmp_path) + b"/\xffout")
+    os.mkdir(folder)
+    for i in range(3):                   # cv2.imwrite would crash on this path: the product never uses it
+        write_image(os.path.join(folder, f"{i}.png"), grey_frame(32, 32, level=255 if i else 0))
+    db = tmp_path / "r.sqlite"
+    assert main(["inspect", folder, "--model", str(tiny_model), "--db", str(db), "--report", str(tmp_path / "r.html"),
+                 "--csv", str(tmp_path / "r.csv"), "--out", overlays]) == 0
+    with ResultStore(db) as store:
+        run = store.runs()[0]
+        assert run.source == folder                               # the exact name, stored losslessly
+        saved = [r.overlay for r in store.items(run.id) if r.overlay]
+    assert "caf\\xe9" in (tmp_path / "r.html").read_text()
+    assert saved and all(os.path.isfile(path) for path in saved)
+
+
+def test_a_video_whose_path_is_not_utf8_is_refused_not_a_crash(tmp_path):
+    from inspector.frames.sources import SourceError, open_source
+
+    video = os.fsdecode(os.fsencode(tmp_path) + b"/clip\xe9.avi")
+    with open(video, "wb") as f:
+        f.write(b"RIFF not really a video")
+    with pytest.raises(SourceError, match="not valid UTF-8"):
+        open_source(video)
+
+
+def test_resume_is_refused_while_the_runs_writer_is_alive(tmp_path):
+    from inspector.results.store import StoreError
+
+    db = tmp_path / "r.sqlite"
+    with ResultStore(db) as writer:
+        run = writer.start_run(source="s", kind="folder", model="m", method="x", settings={}, threshold=1.0)
+        with ResultStore(db) as other, pytest.raises(StoreError, match="still being written"):
+            other.reopen_run(run)
+
+
+def test_one_frame_that_fails_is_its_own_error_and_the_rest_are_inspected(tmp_path, darkness_inspector, monkeypatch):
+    import inspector.detect.pipeline as pipeline
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(folder / f"{i}.png"), grey_frame(40 + i, 40))
+    real_cut = pipeline.cut_tiles
+
+    def cut(image, grid, channels):
+        if image.shape[0] == 43:
+            raise MemoryError
+        return real_cut(image, grid, channels)
+
+    monkeypatch.setattr(pipeline, "cut_tiles", cut)
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        run = store.start_run(source="s", kind="folder", model="m", method="x", settings={}, threshold=1.0)
+        summary = run_inspection(darkness_inspector(tile=16), FolderSource(folder), store, run)
+        rows = {Path(r.item).name: r for r in store.items(run)}
+    assert summary.status == "completed" and len(rows) == 6
+    assert rows["3.png"].verdict == ERROR and "memory" in rows["3.png"].error
+    assert all(r.verdict != ERROR for name, r in rows.items() if name != "3.png")
+
+
+def test_16_bit_colour_images_are_counted_at_their_decoded_size(tmp_path):
+    cv2.imwrite(str(tmp_path / "c16.png"), np.full((30, 40, 3), 40000, np.uint16))
+    cv2.imwrite(str(tmp_path / "c8.png"), np.full((30, 40, 3), 150, np.uint8))
+    assert read_header(tmp_path / "c16.png").sample_bytes == 2 and read_header(tmp_path / "c8.png").sample_bytes == 1
+
+
+def test_a_region_moved_while_a_grid_is_planned_is_not_lost(darkness_inspector, monkeypatch):
+    import inspector.detect.pipeline as pipeline
+
+    inspector = darkness_inspector(tile=16)
+    real_plan = pipeline.plan_grid
+
+    def slow_plan(*args, **kw):        # the UI thread moves the region while the worker plans
+        inspector.set_roi((0, 0, 32, 32))
+        return real_plan(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "plan_grid", slow_plan)
+    inspector.grid((64, 64))
+    monkeypatch.setattr(pipeline, "plan_grid", real_plan)
+    assert inspector.grid((64, 64)).roi == (0, 0, 32, 32)
+
+
+def test_a_resumed_runs_report_counts_each_entry_once(tmp_path, darkness_inspector):
+    from inspector.results.report import write_html
+
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), grey_frame(32, 32))
+    files = sorted(tmp_path.glob("*.png"))
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        run = store.start_run(source="s", kind="folder", model="m", method="x", settings={}, threshold=1.0)
+        run_inspection(darkness_inspector(), FolderSource(files[:2]), store, run)
+        store.reopen_run(run)
+        run_inspection(darkness_inspector(), FolderSource(files, skip=store.recorded_items(run)), store, run)
+        page = write_html(store, run, tmp_path / "r.html").read_text()
+    assert "already recorded" not in page and "<td>items</td><td>4</td>" in page
+
+
+def test_lock_files_left_by_a_writer_killed_before_its_run_row_are_swept(tmp_path):
+    locks = tmp_path / "r.sqlite.locks"
+    locks.mkdir()
+    (locks / "host-123-abc.lock").write_text("")
+    with ResultStore(tmp_path / "r.sqlite"):
+        pass
+    assert not (locks / "host-123-abc.lock").exists()
+
+
+def test_a_run_stopped_by_max_frames_does_not_claim_completion(tmp_path, darkness_inspector):
+    for i in range(5):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), grey_frame(32, 32))
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        run = store.start_run(source="s", kind="folder", model="m", method="x", settings={}, threshold=1.0)
+        summary = run_inspection(darkness_inspector(), FolderSource(sorted(tmp_path.glob("*.png"))), store, run,
+                                 max_frames=2)
+    assert summary.items == 2 and summary.status == "stopped after 2 items (--max-frames)"

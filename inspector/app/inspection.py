@@ -7,8 +7,9 @@ recorded, and — for anomalous items when an output folder is given — saved a
 Progress goes to a callback; ``should_cancel`` stops between frames; ``is_paused`` holds the run.
 
 The run's row says truthfully how it ended: "completed" only when the source ran to its end,
-"cancelled", "interrupted" (Ctrl-C), or "failed: <why>" — a live stream lost for good, a video
-file that could not be read to its end, or an unexpected error (which is recorded, then raised).
+"stopped after N items" (``max_frames``), "cancelled", "interrupted" (Ctrl-C), or "failed: <why>" —
+a live stream lost for good, a video file that could not be read to its end, or an unexpected error
+(which is recorded, then raised).
 The summary accounts for every entry of a folder: scored + errors + skipped = entries listed.
 """
 
@@ -30,8 +31,9 @@ from ..detect.device import device_name, resolve_device
 from ..detect.pipeline import ERROR, NG, OK, FrameResult, Inspector
 from ..detect.tiling import Roi, TilingError
 from ..frames.frame import Frame
-from ..frames.listing import display_name
-from ..frames.sources import ALREADY_RECORDED, CameraSource, FolderSource, Source
+from ..frames.images import write_image
+from ..frames.listing import ALREADY_RECORDED, display_name
+from ..frames.sources import CameraSource, FolderSource, Source
 from ..modelstore.modelfile import calibration_of, load_model
 from ..results.overlay import render
 from ..results.store import CANCELLED, COMPLETED, INTERRUPTED, RUNNING, ResultStore, image_thumbnail
@@ -143,8 +145,7 @@ def overlay_name(frame_index: int, item: str) -> str:
 def _save_overlay(result: FrameResult, out_dir: Path) -> str | None:
     path = out_dir / overlay_name(result.index, result.item)
     try:
-        if not cv2.imwrite(str(path), render(result)):
-            raise OSError("OpenCV could not write it")
+        write_image(path, render(result))
     except (OSError, cv2.error, MemoryError) as exc:
         log.warning("overlay of %s not saved: %s", display_name(result.item), exc)
         return None
@@ -260,6 +261,7 @@ def run_inspection(inspector: Inspector, source: Source, store: ResultStore, run
                 handle(batch)
                 tiles = nbytes = 0
             if max_frames is not None and summary.items >= max_frames:
+                status = f"stopped after {max_frames} items (--max-frames)"
                 break
         if batch:
             handle(batch)
@@ -277,7 +279,12 @@ def run_inspection(inspector: Inspector, source: Source, store: ResultStore, run
         summary.dropped = source.dropped
         summary.frames_lost = source.frames_lost
         summary.status = status
-        store.finish_run(run_id, status, summary.to_dict())
+        try:
+            store.finish_run(run_id, status, summary.to_dict())
+        except Exception:
+            if error is None and status != INTERRUPTED:
+                raise
+            log.exception("the end of run %d could not be recorded", run_id)   # the cause below matters more
     if error is not None:
         raise error
     return summary

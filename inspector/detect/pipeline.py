@@ -100,7 +100,7 @@ class Inspector:
         self.half = half
         self.max_batch_tiles = max_batch_tiles
         self._tile, self._stride, self._roi = tile, stride, roi
-        self._grids: dict[tuple[int, int], TileGrid] = {}
+        self._grids: dict[tuple[tuple[int, int], Roi | None], TileGrid] = {}
         plan_grid((64, 64), detector.size, tile=tile, stride=stride)  # reject bad settings now
 
     # -- settings that may change while running (the GUI's threshold slider and ROI tool) ------
@@ -142,15 +142,23 @@ class Inspector:
         return self._roi
 
     def set_roi(self, roi: Roi | None) -> None:
-        self._roi = roi
-        self._grids = {}
+        self._roi = None if roi is None else tuple(int(v) for v in roi)
 
     def grid(self, frame_shape: tuple[int, int]) -> TileGrid:
-        key = tuple(frame_shape[:2])
-        if key not in self._grids:
-            self._grids[key] = plan_grid(key, self.detector.size, tile=self._tile, stride=self._stride,
-                                         roi=self._roi)
-        return self._grids[key]
+        """The tile grid for frames of this shape and the current region (planned once, then cached).
+
+        Keyed by the region too: the UI thread may move the region while a worker plans a grid, and a
+        grid planned for the old region must never be taken for the new one.
+        """
+        roi = self._roi                  # read once: the UI thread may change it meanwhile
+        key = (tuple(frame_shape[:2]), roi)
+        grid = self._grids.get(key)
+        if grid is None:
+            if len(self._grids) > 64:    # regions drawn one after another: keep the cache small
+                self._grids = {}
+            grid = plan_grid(key[0], self.detector.size, tile=self._tile, stride=self._stride, roi=roi)
+            self._grids[key] = grid
+        return grid
 
     # -- inspection -------------------------------------------------------------------------------
     def prepare(self, frame: Frame) -> None:
@@ -174,47 +182,79 @@ class Inspector:
         return self.inspect_batch([frame])[0]
 
     def inspect_batch(self, frames: list[Frame]) -> list[FrameResult]:
-        """Inspect frames together: all their tiles form one batch (chunked at ``max_batch_tiles``)."""
-        calibration, threshold = self.calibration, self._threshold
+        """Inspect frames together: all their tiles form one batch (chunked at ``max_batch_tiles``).
+
+        Whatever goes wrong with one frame — a region outside it, memory, a decoder's or the model's
+        exception — is that frame's ERROR result; the others are inspected.  When scoring the whole
+        batch fails, its frames are scored one at a time, so that only the culprit is an error.
+        """
+        threshold = self._threshold
         results: list[FrameResult | None] = [None] * len(frames)
-        grids, tiles, owners = [], [], []
+        cut: list[tuple[int, TileGrid, np.ndarray]] = []
         for i, frame in enumerate(frames):
             if frame.image is None:
-                results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), None,
-                                         error=frame.error or "no image", threshold=threshold)
+                results[i] = self._error(frame, frame.error or "no image", threshold)
                 continue
             try:
                 grid, frame_tiles = self._tiles(frame)
-                tiles.append(frame_tiles)
-            except TilingError as exc:  # e.g. a region of interest outside this frame
-                results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
-                                         error=str(exc), threshold=threshold)
+            except Exception as exc:   # a region of interest outside this frame, memory, OpenCV
+                results[i] = self._error(frame, _reason(exc), threshold)
                 continue
-            grids.append(grid)
-            owners.append(i)
-        if owners:
-            batch = np.concatenate(tiles)
-            out = score_tiles(self.detector, batch, batch_size=self.max_batch_tiles,
-                              with_maps=self.detector.has_difference_map, half=self.half)
-            bounds = np.cumsum([len(g) for g in grids])[:-1]
-            maps = np.split(out.maps, bounds) if out.maps is not None else [None] * len(owners)
-            embs = np.split(out.embeddings, bounds) if out.embeddings is not None else [None] * len(owners)
-            for i, grid, raw, tile_maps, emb in zip(owners, grids, np.split(out.scores, bounds), maps, embs,
-                                                    strict=True):
-                frame = frames[i]
-                worst = float(raw.max())
-                if not math.isfinite(worst):
-                    results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
-                                             error=NON_FINITE, score=worst, threshold=threshold, grid=grid,
-                                             thumbnail=frame.prepared.get("thumbnail"))
-                    continue
-                heat = stitch(grid, calibration.normalise(raw), tile_maps)
-                results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
-                                         score=worst, normalised=float(calibration.normalise(worst)),
-                                         threshold=threshold, tile_scores=raw, grid=grid,
-                                         heat_scaled=heat, embeddings=emb,
-                                         thumbnail=frame.prepared.get("thumbnail"))
+            cut.append((i, grid, frame_tiles))
+        try:
+            self._score(frames, cut, results, threshold)
+        except Exception:
+            if len(cut) < 2:
+                raise
+            for one in cut:
+                try:
+                    self._score(frames, [one], results, threshold)
+                except Exception as exc:
+                    results[one[0]] = self._error(frames[one[0]], _reason(exc), threshold)
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _error(frame: Frame, reason: str, threshold: float) -> FrameResult:
+        return FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image, error=reason,
+                           threshold=threshold, thumbnail=frame.prepared.get("thumbnail"))
+
+    def _score(self, frames: list[Frame], cut: list[tuple[int, TileGrid, np.ndarray]],
+               results: list[FrameResult | None], threshold: float) -> None:
+        """Score the cut frames' tiles as one batch and fill in their results."""
+        if not cut:
+            return
+        calibration = self.calibration
+        grids = [grid for _, grid, _ in cut]
+        out = score_tiles(self.detector, np.concatenate([tiles for _, _, tiles in cut]),
+                          batch_size=self.max_batch_tiles, with_maps=self.detector.has_difference_map,
+                          half=self.half)
+        bounds = np.cumsum([len(g) for g in grids])[:-1]
+        maps = np.split(out.maps, bounds) if out.maps is not None else [None] * len(cut)
+        embs = np.split(out.embeddings, bounds) if out.embeddings is not None else [None] * len(cut)
+        for (i, grid, _), raw, tile_maps, emb in zip(cut, np.split(out.scores, bounds), maps, embs, strict=True):
+            frame = frames[i]
+            worst = float(raw.max())
+            if not math.isfinite(worst):
+                results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
+                                         error=NON_FINITE, score=worst, threshold=threshold, grid=grid,
+                                         thumbnail=frame.prepared.get("thumbnail"))
+                continue
+            try:
+                heat = stitch(grid, calibration.normalise(raw), tile_maps)
+            except Exception as exc:   # memory for a very large map
+                results[i] = self._error(frame, _reason(exc), threshold)
+                continue
+            results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
+                                     score=worst, normalised=float(calibration.normalise(worst)),
+                                     threshold=threshold, tile_scores=raw, grid=grid, heat_scaled=heat,
+                                     embeddings=emb, thumbnail=frame.prepared.get("thumbnail"))
+
+
+def _reason(exc: Exception) -> str:
+    """An exception as an error row's reason: its message, or its kind where it has none."""
+    if isinstance(exc, MemoryError):
+        return "not enough memory to inspect this image"
+    return str(exc) or type(exc).__name__
 
 
 def calibrate_frames(inspector: Inspector, good_frames: Iterable[np.ndarray], *,

@@ -67,6 +67,19 @@ class ImageHeader:
 _MODE_BYTES = {"I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
 
 
+def _sample_bytes(im: Image.Image) -> int:
+    """Bytes per sample as stored: Pillow opens 16-bit colour as mode "RGB", but its decoder's raw
+    mode ("RGB;16B", "RGB;16N") tells, and OpenCV decodes those to uint16."""
+    if im.mode in _MODE_BYTES:
+        return _MODE_BYTES[im.mode]
+    for tile in im.tile or ():
+        args = tile[3] if len(tile) > 3 else None
+        rawmode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return 2
+    return 1
+
+
 def is_image_file(path: str | Path) -> bool:
     """True for file names the data-set loaders take as images."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
@@ -131,7 +144,7 @@ def read_header(path: str | Path) -> ImageHeader:
                     with Image.open(f, formats=formats) as im:
                         width, height = im.size
                         return ImageHeader(im.format or "?", int(width), int(height), len(im.getbands()),
-                                           _MODE_BYTES.get(im.mode, 1), os.fstat(f.fileno()).st_size)
+                                           _sample_bytes(im), os.fstat(f.fileno()).st_size)
                 except UnidentifiedImageError:
                     if formats is None:
                         raise
@@ -206,6 +219,20 @@ def read_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         return decode(path, header)
     except MemoryError as exc:
         raise ImageReadError(f"{path}: not enough memory to decode {header.width}x{header.height} pixels") from exc
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Encode ``image`` by the path's suffix and write it with Python's file I/O.
+
+    Never ``cv2.imwrite``: OpenCV's Python binding cannot take a path that is not valid UTF-8 (it
+    crashes the process), and such folders exist on real machines.
+    """
+    path = Path(path)
+    ok, encoded = cv2.imencode(path.suffix or ".png", image)
+    if not ok:
+        raise OSError(f"{path}: OpenCV could not encode the image as {path.suffix or '.png'}")
+    path.write_bytes(encoded.tobytes())
+    return path
 
 
 def read_mask(path: str | Path) -> np.ndarray:

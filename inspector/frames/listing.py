@@ -24,6 +24,7 @@ from .images import _os_reason, file_kind
 
 HIDDEN = "hidden (name starts with '.')"
 LINKED_FOLDER = "link to a folder already listed"
+ALREADY_RECORDED = "already recorded by the run being resumed"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ what it is doing as a typed ``SourceStatus``:
   with nothing dropped.  A live stream that dies is reopened with back-off; one that does not come
   back ends LOST.  A video file whose frames stop arriving before its frame count (a damaged or
   truncated file) is read past the damage where possible and ends FAILED, with the frames lost
-  counted — a read error is never taken for the end of the file.
+  counted — a read error is not taken for the end of the file while the container says more frames
+  follow.  (A container without a frame count ends ENDED after reads keep failing, and says so.)
 - ``FolderSource``: every entry of a folder (recursively, in a stable order) or a list of files.
   Each becomes a Frame: the decoded image, or no image and the reason (``frames.listing``).  Images
   are decoded ahead by a small thread pool, where an optional ``prepare`` step (cutting tiles,
@@ -45,13 +46,12 @@ from .images import (
     read_header,
     to_bgr8,
 )
-from .listing import Entry, display_name, walk
+from .listing import ALREADY_RECORDED, Entry, display_name, walk
 
 log = logging.getLogger(__name__)
 
 #: Decoded images waiting for the inspector, at most (one image larger than this is still read).
 DEFAULT_DECODE_BUDGET = 512 * 2**20
-ALREADY_RECORDED = "already recorded by the run being resumed"
 
 
 class SourceError(InspectorError):
@@ -94,8 +94,12 @@ class FrameClock:
 NETWORK_TIMEOUT_MS = 5000
 #: A video file's reads that may fail in a row before the file is given up (damage is skipped).
 MAX_FAILED_READS = 50
-#: A container's frame count may overstate what a healthy file delivers by this much.
-FRAME_COUNT_SLACK = 2
+
+
+def frame_count_slack(total: int) -> int:
+    """How far a container's frame count may overstate what a healthy file delivers: some containers
+    (MKV, WebM) estimate it from duration x rate."""
+    return max(2, total // 100)
 
 
 def parse_camera_spec(spec: str | int) -> int | str:
@@ -108,6 +112,12 @@ def parse_camera_spec(spec: str | int) -> int | str:
 
 def open_capture(spec: int | str) -> Capture:
     """Open a VideoCapture on a device index, URL or file, with timeouts for network streams."""
+    if isinstance(spec, str):
+        try:
+            spec.encode("utf-8")
+        except UnicodeEncodeError:      # OpenCV's binding crashes on such a path: refuse it first
+            raise SourceError(f"{display_name(spec)}: OpenCV cannot open a video whose path is not valid "
+                              f"UTF-8; rename the file or its folder") from None
     if isinstance(spec, str) and "://" in spec:
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS]
@@ -204,11 +214,15 @@ class CameraSource:
         return False
 
     def _file_end(self, delivered: int) -> SourceStatus:
-        """How a video file ended: at its end, or short of its frame count (damaged or truncated)."""
+        """How a video file ended: at its end, or short of its frame count (damaged or truncated).
+
+        Without a frame count in the container, reads that keep failing are taken for the end (after
+        ``MAX_FAILED_READS`` tries), and the status says the count could not be checked.
+        """
         if self.total is None:
-            return SourceStatus(SourceState.ENDED)
+            return SourceStatus(SourceState.ENDED, "the file gives no frame count to check its end against")
         self.frames_lost = max(0, self.total - delivered)
-        if self.frames_lost <= FRAME_COUNT_SLACK:
+        if self.frames_lost <= frame_count_slack(self.total):
             return SourceStatus(SourceState.ENDED, frames_lost=self.frames_lost)
         return SourceStatus(SourceState.FAILED, f"{self.frames_lost} of {self.total} frames could not be read "
                                                 f"(damaged or truncated file)", frames_lost=self.frames_lost)
@@ -220,7 +234,7 @@ class CameraSource:
             ok, img = self._cap.read()
             if ok and img is not None:
                 return img
-            if self.total is None or delivered >= self.total:
+            if self.total is not None and delivered >= self.total:
                 return None
         return None
 
@@ -324,6 +338,12 @@ class DecodeBudget:
             self.peak = max(self.peak, self.used)
             return True
 
+    def charge(self, nbytes: int) -> None:
+        """Count bytes that already exist (work prepared from a decoded image): no waiting."""
+        with self._cond:
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+
     def release(self, nbytes: int) -> None:
         with self._cond:
             self.used -= nbytes
@@ -339,6 +359,18 @@ class DecodeBudget:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+def _arrays(value) -> Iterator[np.ndarray]:
+    """The numpy arrays in a frame's prepared work (nested in dicts, tuples and lists)."""
+    if isinstance(value, np.ndarray):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _arrays(item)
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from _arrays(item)
 
 
 def _reason(exc: Exception, path: str) -> str:
@@ -437,6 +469,9 @@ class FolderSource:
                 self.prepare(frame)
             except Exception:  # the inspector does the work itself and reports what fails
                 log.exception("preparing %s failed", display_name(path))
+            for array in _arrays(frame.prepared):      # cut tiles can outweigh the image: counted too
+                budget.charge(array.nbytes)
+                weakref.finalize(array, budget.release, array.nbytes)
         return frame
 
     def __iter__(self) -> Iterator[Frame]:

@@ -21,7 +21,7 @@ import numpy as np
 from .. import __version__
 from ..base.atomic import atomic_path
 from ..detect.pipeline import ERROR, NG, OK
-from ..frames.listing import display_name
+from ..frames.listing import ALREADY_RECORDED, display_name
 from .overlay import colour_heat
 from .store import ItemRow, ResultStore, Run
 
@@ -44,7 +44,7 @@ def write_csv(store: ResultStore, run_id: int, path: str | Path) -> Path:
         for r in store.items(run_id):
             writer.writerow([r.display, r.frame_index, r.verdict, "" if r.score is None else f"{r.score:.6g}",
                              "" if r.normalised is None else f"{r.normalised:.4f}", r.error or "", r.label or "",
-                             r.overlay or "", r.inspected])
+                             display_name(r.overlay) if r.overlay else "", r.inspected])
     return path
 
 
@@ -98,7 +98,7 @@ img { max-height: 160px; margin-right: 4px; vertical-align: middle; } .num { tex
 
 
 def _summary_rows(run: Run, counts: dict[str, int]) -> str:
-    rows = [("source", display_name(run.source)), ("model", f"{run.model} ({run.method})"),
+    rows = [("source", display_name(run.source)), ("model", f"{display_name(run.model)} ({run.method})"),
             ("threshold (raw)", f"{run.threshold:.6g}"),
             ("settings", ", ".join(f"{k}={v}" for k, v in run.settings.items())),
             ("started", run.started), ("ended", run.ended or "—"), ("status", run.status),
@@ -107,7 +107,8 @@ def _summary_rows(run: Run, counts: dict[str, int]) -> str:
     summary = run.summary
     if summary.get("entries") is not None:
         rows.insert(7, ("entries listed", str(summary["entries"])))
-    rows += [(f"skipped: {why}", str(n)) for why, n in summary.get("skipped", {}).items()]
+    # Entries a resumed run found already recorded are among the items above: not counted twice.
+    rows += [(f"skipped: {why}", str(n)) for why, n in summary.get("skipped", {}).items() if why != ALREADY_RECORDED]
     for key, label in (("dropped", "frames dropped (live: newer frame taken)"),
                        ("frames_lost", "frames lost (could not be read)")):
         if summary.get(key):

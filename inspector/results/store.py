@@ -22,6 +22,7 @@ was taken against.  Operator labels (OK / NG) live beside the verdicts, for retr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -221,6 +222,10 @@ class ResultStore:
             self._db.execute("PRAGMA synchronous=NORMAL")   # in WAL: durable against a killed process
             self._db.execute("PRAGMA foreign_keys=ON")
             self._write(self._prepare_schema)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.DatabaseError):
+                raise StoreError(f"{self.path}: not a usable results database ({exc.__cause__})") from exc
+            raise
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable results database ({exc})") from exc
         except OSError as exc:
@@ -254,7 +259,9 @@ class ResultStore:
                     self._db.execute("COMMIT")
                     return value
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):   # the cause matters, not the rollback
+                            self._db.execute("ROLLBACK")
                     raise
             except sqlite3.OperationalError as exc:
                 text = str(exc).lower()
@@ -265,6 +272,8 @@ class ResultStore:
                                      f"{WRITE_PATIENCE_S:.0f} s") from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
 
     # -- runs -------------------------------------------------------------------------------------
     def _lock_path(self, token: str) -> Path:
@@ -272,12 +281,32 @@ class ResultStore:
 
     def _hold(self) -> tuple[str, filelock.FileLock, Path]:
         """A lock that marks this process as a run's writer for as long as it lives."""
-        self._locks_dir.mkdir(parents=True, exist_ok=True)
         token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         path = self._lock_path(token)
         lock = filelock.FileLock(path, timeout=0)
-        lock.acquire()
+        try:
+            self._locks_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except (OSError, filelock.Timeout) as exc:
+            raise StoreError(f"{self._locks_dir}: cannot take the lock that marks a run as being written ({exc})") \
+                from exc
         return token, lock, path
+
+    def _writer_alive(self, token: str | None) -> bool | None:
+        """Whether the process holding ``token``'s lock is alive (None: cannot tell)."""
+        if not token:
+            return False
+        path = self._lock_path(token)
+        lock = filelock.FileLock(path, timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            return True
+        except OSError:
+            return None
+        lock.release()
+        path.unlink(missing_ok=True)
+        return False
 
     def _let_go(self, run_id: int) -> None:
         held = self._held.pop(run_id, None)
@@ -293,7 +322,8 @@ class ResultStore:
             run_id = self._write(lambda db: db.execute(
                 "INSERT INTO runs (source, kind, model, method, settings, threshold, started, status, writer) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (source, kind, model, method, json.dumps(settings), threshold, _now(), RUNNING, token)).lastrowid)
+                (item_key(source), kind, item_key(model), method, json.dumps(settings), threshold, _now(), RUNNING,
+                 token)).lastrowid)
         except BaseException:
             lock.release()
             path.unlink(missing_ok=True)
@@ -302,10 +332,21 @@ class ResultStore:
         return int(run_id)
 
     def reopen_run(self, run_id: int) -> None:
-        """Mark a run as running again, written by this process (a resumed run appends to it)."""
+        """Mark a run as running again, written by this process (a resumed run appends to it).
+
+        Refused while the run's own writer is still alive: two processes never write one run.
+        """
+        status, writer = self._db.execute("SELECT status, writer FROM runs WHERE id=?", (run_id,)).fetchone()
+        if status == RUNNING and self._writer_alive(writer) is not False:
+            raise StoreError(f"{self.path}: run {run_id} is still being written by another process")
         token, lock, path = self._hold()
-        self._write(lambda db: db.execute("UPDATE runs SET status=?, ended=NULL, writer=? WHERE id=?",
-                                          (RUNNING, token, run_id)))
+        try:
+            self._write(lambda db: db.execute("UPDATE runs SET status=?, ended=NULL, writer=? WHERE id=?",
+                                              (RUNNING, token, run_id)))
+        except BaseException:
+            lock.release()
+            path.unlink(missing_ok=True)
+            raise
         self._held[run_id] = (lock, path)
 
     def finish_run(self, run_id: int, status: str = COMPLETED, summary: dict[str, Any] | None = None) -> None:
@@ -319,6 +360,9 @@ class ResultStore:
 
         try:
             self._write(finish)
+        except BaseException:
+            self._pending = pending + self._pending
+            raise
         finally:
             self._let_go(run_id)
 
@@ -327,29 +371,27 @@ class ResultStore:
         rows = self._db.execute("SELECT id, writer FROM runs WHERE status=?", (RUNNING,)).fetchall()
         recovered = []
         for run_id, token in rows:
-            if run_id in self._held:
-                continue
-            if token:
-                path = self._lock_path(token)
-                lock = filelock.FileLock(path, timeout=0)
-                try:
-                    lock.acquire()
-                except filelock.Timeout:
-                    continue                 # its writer is alive
-                except OSError:
-                    continue                 # cannot tell (no access to the lock folder): leave it
-                lock.release()
-                path.unlink(missing_ok=True)
+            if run_id in self._held or self._writer_alive(token) is not False:
+                continue                     # its writer is alive, or we cannot tell
             changed = self._write(lambda db, r=run_id, t=token: db.execute(
                 "UPDATE runs SET status=?, ended=? WHERE id=? AND status=? AND writer IS ?",
                 (INTERRUPTED, _now(), r, RUNNING, t)).rowcount)
             if changed:
                 recovered.append(run_id)
+        self._sweep_orphan_locks({token for _, token in rows})
         return recovered
+
+    def _sweep_orphan_locks(self, in_use: set[str | None]) -> None:
+        """Lock files no running run names and no process holds (a writer killed before its run row)."""
+        if not self._locks_dir.is_dir():
+            return
+        for path in self._locks_dir.glob("*.lock"):
+            if path.stem not in in_use and all(path != p for _, p in self._held.values()):
+                self._writer_alive(path.stem)        # frees and removes it when nobody holds it
 
     def latest_run(self, source: str) -> Run | None:
         row = self._db.execute(f"SELECT {self._RUN_COLUMNS} FROM runs WHERE source=? ORDER BY id DESC LIMIT 1",
-                               (source,)).fetchone()
+                               (item_key(source),)).fetchone()
         return self._run(row) if row else None
 
     def run(self, run_id: int) -> Run:
@@ -365,7 +407,8 @@ class ResultStore:
 
     @staticmethod
     def _run(row) -> Run:
-        return Run(*row[:5], json.loads(row[5]), *row[6:10], json.loads(row[10]) if row[10] else {})
+        return Run(row[0], item_from_key(row[1]), row[2], item_from_key(row[3]), row[4], json.loads(row[5]),
+                   *row[6:10], json.loads(row[10]) if row[10] else {})
 
     # -- items ------------------------------------------------------------------------------------
     def add(self, run_id: int, result: FrameResult, *, overlay: str | None = None) -> None:
@@ -375,8 +418,8 @@ class ResultStore:
         judged = result.verdict != ERROR
         self._pending.append(
             (run_id, item_key(result.item), result.index, _now(), _finite(result.score) if judged else None,
-             _finite(result.normalised) if judged else None, result.verdict, result.error, w, h, overlay,
-             thumb, heat, _finite(result.threshold)))
+             _finite(result.normalised) if judged else None, result.verdict, result.error, w, h,
+             None if overlay is None else item_key(overlay), thumb, heat, _finite(result.threshold)))
 
     @staticmethod
     def _insert(db: sqlite3.Connection, rows: Iterable[tuple]) -> None:
@@ -414,7 +457,8 @@ class ResultStore:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        return [ItemRow(r[0], r[1], item_from_key(r[2]), *r[3:]) for r in self._db.execute(sql, args)]
+        return [ItemRow(r[0], r[1], item_from_key(r[2]), *r[3:11], None if r[11] is None else item_from_key(r[11]),
+                        *r[12:]) for r in self._db.execute(sql, args)]
 
     def images(self, item_id: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         """An item's stored thumbnail (BGR) and heat map (float in [0, 1]) at thumbnail size."""

@@ -13,7 +13,6 @@ import logging
 import time
 from pathlib import Path
 
-import cv2
 from PySide6.QtCore import QSettings, Qt, QThread, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
@@ -33,6 +32,7 @@ from ..app.inspection import InspectorSettings, load_inspector, run_settings
 from ..detect.device import device_name
 from ..detect.pipeline import Inspector
 from ..frames.frame import SourceState, SourceStatus
+from ..frames.images import write_image
 from ..results.overlay import render
 from .batch_view import BatchView
 from .live_view import LiveView
@@ -370,8 +370,8 @@ class MainWindow(QMainWindow):
         folder = self.settings.snapshots_dir
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / time.strftime("%Y%m%d-%H%M%S")
-        cv2.imwrite(f"{stem}-frame.png", result.image)
-        cv2.imwrite(f"{stem}-overlay.png", render(result, alpha=self.live_view.opacity.value() / 100.0,
+        write_image(f"{stem}-frame.png", result.image)
+        write_image(f"{stem}-overlay.png", render(result, alpha=self.live_view.opacity.value() / 100.0,
                                                     colourmap=self.live_view.colourmap.currentText()))
         info = {"item": result.item, "verdict": result.verdict, "score": result.score,
                 "normalised": result.normalised, "threshold": result.threshold,

@@ -127,14 +127,18 @@ class LiveWorker(QObject):
             self.failed.emit(str(exc))
             return
         self._source = source
-        with ResultStore(self.db_path) as store:
-            run_id = store.start_run(source=self.spec.describe(), kind=source_kind(source), model=self.model_path,
-                                     method=self.method, settings={"tile": self.inspector.tile,
-                                                                   "stride": self.inspector.stride,
-                                                                   "recorded": "NG and ERROR frames"},
-                                     threshold=self.inspector.threshold)
-            run_inspection(self.inspector, source, store, run_id, record=Record.NOT_OK,
-                           should_cancel=self._stop.is_set, is_paused=self._paused.is_set, on_result=self._show)
+        try:
+            with ResultStore(self.db_path) as store:
+                run_id = store.start_run(source=self.spec.describe(), kind=source_kind(source),
+                                         model=self.model_path, method=self.method,
+                                         settings={"tile": self.inspector.tile, "stride": self.inspector.stride,
+                                                   "recorded": "NG and ERROR frames"},
+                                         threshold=self.inspector.threshold)
+                run_inspection(self.inspector, source, store, run_id, record=Record.NOT_OK,
+                               should_cancel=self._stop.is_set, is_paused=self._paused.is_set,
+                               on_result=self._show)
+        finally:
+            source.close()          # also when the database could not be opened: free the camera
 
     def _show(self, result: FrameResult) -> None:
         now = time.monotonic()
