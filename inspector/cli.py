@@ -315,6 +315,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .results.report import write_csv, write_html
     from .results.store import ResultStore
 
+    for path, what in ((args.csv, "--csv"), (args.report, "--report")):
+        if path is not None and path.is_dir():
+            raise InputError(f"{what} {path} is a folder: give a file name")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file: give a folder for the overlays")
     settings = InspectorSettings(tile=args.tile, stride=args.stride, roi=args.roi, device=args.device,
                                  half=args.half)
     inspector, meta = load_inspector(args.model, settings)
@@ -427,6 +432,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\ncancelled" + (": no model file was written" if training else ""), file=sys.stderr)
         return EXIT_CANCELLED
     except Exception as exc:  # a bug: say so in one line (the traceback with -v); a run records it as failed
-        log.debug("unexpected error", exc_info=True)
+        log.info("unexpected error", exc_info=True)
         print(f"error: unexpected {type(exc).__name__}: {exc} (a bug; -v shows where)", file=sys.stderr)
         return EXIT_UNEXPECTED

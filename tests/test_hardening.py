@@ -344,3 +344,40 @@ def test_a_run_stopped_by_max_frames_does_not_claim_completion(tmp_path, darknes
         summary = run_inspection(darkness_inspector(), FolderSource(sorted(tmp_path.glob("*.png"))), store, run,
                                  max_frames=2)
     assert summary.items == 2 and summary.status == "stopped after 2 items (--max-frames)"
+
+
+def test_output_paths_that_cannot_be_written_are_input_errors_and_leave_no_run(tmp_path, tiny_model, capsys):
+    from inspector.cli import main
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_image(folder / "0.png", grey_frame(32, 32))
+    db = tmp_path / "r.sqlite"
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("x")
+    base = ["inspect", str(folder), "--model", str(tiny_model), "--db", str(db)]
+    assert main([*base, "--out", str(in_the_way)]) == 2
+    assert main([*base, "--report", str(tmp_path)]) == 2
+    assert main([*base, "--csv", str(in_the_way / "x.csv")]) == 2      # after the run: its folder is a file
+    err = capsys.readouterr().err
+    assert "is a file: give a folder" in err and "is a folder: give a file name" in err
+    assert "cannot write" in err and ".partial" not in err and "a bug" not in err
+    with ResultStore(db) as store:
+        assert [run.status for run in store.runs()] == ["completed"]     # only the --csv run started
+
+
+def test_a_fifo_given_as_the_source_is_refused_not_waited_on(tmp_path):
+    from inspector.frames.sources import SourceError, open_source
+
+    os.mkfifo(tmp_path / "stream")
+    with pytest.raises(SourceError, match="not a regular file"):
+        open_source(str(tmp_path / "stream"))
+
+
+def test_a_truncated_jpeg_is_an_error_not_a_half_grey_part(tmp_path):
+    ok, data = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    (tmp_path / "cut.jpg").write_bytes(data.tobytes()[: len(data) // 2])
+    (tmp_path / "whole.jpg").write_bytes(data.tobytes() + b"\0" * 16)      # padding after the end marker is fine
+    with pytest.raises(ImageReadError, match="truncated JPEG"):
+        read_image(tmp_path / "cut.jpg")
+    assert read_image(tmp_path / "whole.jpg").shape == (64, 64, 3)

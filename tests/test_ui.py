@@ -176,6 +176,35 @@ def test_a_folder_run_keeps_its_threshold_while_the_live_slider_moves(qtbot, win
     assert any("camera: demo surface" in text and "cancelled" in text for text in listed), listed
 
 
+def test_a_folder_run_started_after_live_changes_uses_the_models_threshold_and_no_region(qtbot, window, tmp_path):
+    w = window(autostart=False)
+    qtbot.waitUntil(lambda: w.inspector is not None, timeout=20_000)
+    calibrated = w.model_inspector.threshold
+    w.live_view.set_threshold(0.9)                  # the operator's live choices, made before the run ...
+    w._roi_changed((10, 10, 20, 20))
+    assert w.inspector.threshold != calibrated and w.inspector.roi == (10, 10, 20, 20)
+    view = w.batch_view
+    view.folder.setText(str(write_folder(tmp_path / "parts", n=4)))
+    view.run_button.click()
+    qtbot.waitUntil(lambda: w.batch_worker is None and view.run is not None, timeout=60_000)
+    assert view.run.threshold == calibrated          # ... stay with live inspection
+    assert view.run.settings["roi"] is None
+
+
+def test_default_paths_are_not_saved_so_the_window_follows_the_data_folder(tmp_path, monkeypatch):
+    from inspector.ui.settings import AppSettings
+
+    qs = QSettings(str(tmp_path / "fresh.ini"), QSettings.IniFormat)
+    AppSettings.load(qs).save(qs)
+    assert qs.value("paths/results_db") is None
+    monkeypatch.setenv("INSPECTOR_DATA_DIR", str(tmp_path / "moved"))
+    moved = AppSettings.load(qs)
+    assert moved.results_db.is_relative_to(tmp_path / "moved")      # the command line's default too
+    moved.results_db = tmp_path / "mine.sqlite"                     # a path the user chose is kept
+    moved.save(qs)
+    assert AppSettings.load(qs).results_db == tmp_path / "mine.sqlite"
+
+
 def test_a_model_that_does_not_load_is_reported_and_the_previous_stays(qtbot, window, tmp_path):
     w = window(autostart=False)
     qtbot.waitUntil(lambda: w.inspector is not None, timeout=20_000)

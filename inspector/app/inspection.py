@@ -26,6 +26,7 @@ from typing import Any
 
 import cv2
 
+from ..base.atomic import OutputError
 from ..base.progress import Progress, ProgressCallback
 from ..detect.device import device_name, resolve_device
 from ..detect.pipeline import ERROR, NG, OK, FrameResult, Inspector
@@ -173,6 +174,16 @@ def _tile_count(inspector: Inspector, frame: Frame) -> int:
         return 0
 
 
+def make_output_folder(path: Path) -> None:
+    """The folder for a run's overlays, made now; an ``OutputError`` when it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"cannot write overlays to {path}: a file of that name is in the way") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write overlays to {path}: {exc.strerror or exc}") from exc
+
+
 def _frames(source: Source, should_stop: Callable[[], bool]) -> Iterator[Frame]:
     """The source's frames; a camera is polled, so that a stop is seen while no frame comes."""
     if isinstance(source, FolderSource):
@@ -195,8 +206,6 @@ def run_inspection(inspector: Inspector, source: Source, store: ResultStore, run
 
     The run's row in ``store`` is finished with its status and summary; see the module docstring.
     """
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
     folder = isinstance(source, FolderSource)
     if folder and source.prepare is None:
         source.prepare = prepare_ahead(inspector)
@@ -240,6 +249,8 @@ def run_inspection(inspector: Inspector, source: Source, store: ResultStore, run
     tiles = nbytes = 0
     frames = _frames(source, cancelled)
     try:
+        if out_dir is not None:
+            make_output_folder(out_dir)
         while True:
             if cancelled():
                 status = CANCELLED

@@ -191,6 +191,10 @@ def _decode_with_pillow(path: Path) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
+#: Where a whole JPEG's end-of-image marker is looked for: its last bytes (some writers pad after it).
+JPEG_TAIL = 1024
+
+
 def decode(path: str | Path, header: ImageHeader) -> np.ndarray:
     """Decode an image whose header has been read and checked: uint8 BGR."""
     path = Path(path)
@@ -198,6 +202,10 @@ def decode(path: str | Path, header: ImageHeader) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)   # unlike cv2.imread, any path text on any system
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read file ({_os_reason(exc)})") from exc
+    if header.format == "JPEG" and bytes(data[-JPEG_TAIL:]).rfind(b"\xff\xd9") < 0:
+        # libjpeg would fill the missing part with grey, print a warning of its own and return the
+        # image as if it were whole: a part half-seen must not pass as inspected
+        raise ImageReadError(f"{path}: truncated JPEG (the file ends before its end-of-image marker)")
     try:
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error:

@@ -522,6 +522,8 @@ def open_source(spec: str, *, skip: Iterable[str] = (), on_status: StatusCallbac
     path = Path(spec)
     if path.is_dir() or (path.is_file() and _is_image(path)):
         return FolderSource(spec, skip=skip, max_pixels=max_pixels)
+    if path.exists() and not path.is_file():     # a FIFO, socket or device node: reading one may wait for ever
+        raise SourceError(f"{display_name(spec)}: not a regular file, folder, camera index or URL")
     parsed = parse_camera_spec(spec)
     if isinstance(parsed, str) and "://" not in parsed and not path.exists():
         raise SourceError(f"{display_name(spec)}: no such file or folder (and not a camera index or URL)")

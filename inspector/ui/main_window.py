@@ -55,6 +55,9 @@ class MainWindow(QMainWindow):
         self.qs = qsettings or QSettings()
         self.settings = AppSettings.load(self.qs)
         first_launch = self.qs.value("source/kind") is None
+        #: The model as loaded (calibrated threshold, no region): what batch runs copy.
+        self.model_inspector: Inspector | None = None
+        #: The live template: the model with the operator's live threshold and region.
         self.inspector: Inspector | None = None
         self.model_meta: dict = {}
         self.model_path: Path | None = None
@@ -250,12 +253,13 @@ class MainWindow(QMainWindow):
         restart = self.live_worker is not None
         if restart:
             self.stop()
-        self.inspector, self.model_meta, self.model_path = inspector, meta, path
+        self.model_inspector, self.inspector = inspector, inspector.copy()
+        self.model_meta, self.model_path = meta, path
         self.live_view.set_method(meta["method"])
         self.live_view.set_threshold(0.5)
         if self.live_view.frame.roi is not None:
             self.live_view.frame.clear_roi()
-        created = meta.get("created", "")[:10]
+        created = str(meta.get("created", ""))[:10]
         self.model_label.setText(f"model: {path.stem} ({meta['method']}, {created}, v{meta.get('program_version')})")
         self.device_label.setText(f"device: {device_name(inspector.detector.device)}")
         self._show_current_model()
@@ -274,7 +278,7 @@ class MainWindow(QMainWindow):
         self._pending_start = False
 
     def _live_inspectors(self) -> list[Inspector]:
-        """The window's inspector (the template of the next run) and the live worker's own copy."""
+        """The window's live template (the next live run starts from it) and the live worker's own copy."""
         found = [self.inspector] if self.inspector is not None else []
         if self.live_worker is not None:
             found.append(self.live_worker.inspector)
@@ -382,14 +386,14 @@ class MainWindow(QMainWindow):
 
     # -- batch ------------------------------------------------------------------------------------
     def start_batch(self, folder: Path) -> None:
-        if self.inspector is None:
+        if self.model_inspector is None:
             self.notify("Load a model first.", "warning")
             return
         if self.batch_worker is not None:
             return
-        worker = BatchWorker(folder, self.inspector.copy(), db_path=self.settings.results_db,
+        worker = BatchWorker(folder, self.model_inspector.copy(), db_path=self.settings.results_db,
                              model_path=str(self.model_path), method=self.model_meta.get("method", ""),
-                             settings=run_settings(self.inspector, self.inspector_settings()))
+                             settings=run_settings(self.model_inspector, self.inspector_settings()))
         worker.progress.connect(self.batch_view.set_progress)
         worker.finished.connect(self._batch_finished)
         worker.failed.connect(self._batch_failed)

@@ -36,19 +36,31 @@ class AppSettings:
     stride: int = 0        # 0: the tile size
     device: str = "auto"
 
+    @staticmethod
+    def default_paths() -> dict[str, Path]:
+        """The paths a user has not chosen: in the user's data folder, shared with the command line."""
+        base = data_dir()
+        return {"paths/results_db": default_results_db(), "paths/models_dir": base / "models",
+                "paths/snapshots_dir": base / "snapshots"}
+
     @classmethod
     def load(cls, qs: QSettings) -> AppSettings:
-        base = data_dir()
-        return cls(results_db=Path(qs.value("paths/results_db", str(default_results_db()))),
-                   models_dir=Path(qs.value("paths/models_dir", str(base / "models"))),
-                   snapshots_dir=Path(qs.value("paths/snapshots_dir", str(base / "snapshots"))),
+        paths = {key: Path(qs.value(key, str(default))) for key, default in cls.default_paths().items()}
+        return cls(results_db=paths["paths/results_db"], models_dir=paths["paths/models_dir"],
+                   snapshots_dir=paths["paths/snapshots_dir"],
                    tile=int(qs.value("inspection/tile", 0)), stride=int(qs.value("inspection/stride", 0)),
                    device=str(qs.value("inspection/device", "auto")))
 
     def save(self, qs: QSettings) -> None:
-        qs.setValue("paths/results_db", str(self.results_db))
-        qs.setValue("paths/models_dir", str(self.models_dir))
-        qs.setValue("paths/snapshots_dir", str(self.snapshots_dir))
+        """Paths are saved only where the user chose another than the default: the default follows the
+        data folder, so the window and the command line keep sharing one results database."""
+        chosen = {"paths/results_db": self.results_db, "paths/models_dir": self.models_dir,
+                  "paths/snapshots_dir": self.snapshots_dir}
+        for key, default in self.default_paths().items():
+            if chosen[key] == default:
+                qs.remove(key)
+            else:
+                qs.setValue(key, str(chosen[key]))
         qs.setValue("inspection/tile", self.tile)
         qs.setValue("inspection/stride", self.stride)
         qs.setValue("inspection/device", self.device)
