@@ -72,6 +72,23 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a number of at least 0")
+    return value
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected seeds separated by commas, e.g. 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError("each seed once")
+    return seeds
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -94,7 +111,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--data", type=Path, required=True, help="data folder in the MVTec AD layout")
     p.add_argument("--method", required=True, metavar="M",
-                   help=f"detection method: {', '.join(models.method_names())}")
+                   help=f"detection method: {', '.join(models.method_names())}, or default "
+                        f"({models.DEFAULT_METHOD}: no labelled defects needed)")
     p.add_argument("--anomaly-fraction", type=_fraction, default=0.0, metavar="G",
                    help="share of labelled defects in the training set, G = a/(n+a), drawn from "
                         "DATA/train/defect; only for methods that learn from anomalies (default 0)")
@@ -111,6 +129,15 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                    help="a method hyper-parameter, e.g. --set embedding_dim=8 (repeatable; see 'models')")
     p.add_argument("--false-alarm-rate", type=_fraction, default=0.01,
                    help="calibrate the threshold to this false-alarm rate on held-out goods (default 0.01)")
+    p.add_argument("--scale", type=_positive_float, default=1.0,
+                   help="methods on backbone features: resize images by this before the model sees them, in "
+                        "training and inspection alike (default 1: native resolution)")
+    p.add_argument("--smoothing", type=_non_negative_float, default=4.0, metavar="CELLS",
+                   help="methods on backbone features: Gaussian smoothing of the anomaly map, in map cells, "
+                        "before the image's score is taken (default 4, chosen on validation splits)")
+    p.add_argument("--backbone-weights", type=Path, metavar="FILE",
+                   help="ImageNet weights for a torchvision backbone (--set backbone=wide_resnet50_2); "
+                        "efficientnet_lite0's ship with Inspector")
 
 
 def _roi(text: str) -> tuple[int, int, int, int]:
@@ -159,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="train, calibrate and score in one run; print the figures")
     _add_training_args(p)
+    p.add_argument("--seeds", type=_seeds, metavar="S,S,...",
+                   help="run once per seed and report each figure's mean and standard deviation")
+    p.add_argument("--protocol", choices=("test", "validation"), default="test",
+                   help="score test/ (default), or a validation split cut from train/ (a fifth of the goods and "
+                        "half of the defect pool) for choosing settings without looking at test/")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
 
     p = sub.add_parser("inspect", help="inspect a folder, image, video file, camera or stream with a model file",
@@ -205,7 +237,8 @@ def _options(args: argparse.Namespace):
                         size=args.size, seed=args.seed, device=args.device, epochs=args.epochs,
                         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                         flips=args.flips, time_budget_s=args.time_budget, hparams=dict(args.hparams),
-                        false_alarm_rate=args.false_alarm_rate)
+                        false_alarm_rate=args.false_alarm_rate, scale=args.scale, smoothing=args.smoothing,
+                        backbone_weights=args.backbone_weights, protocol=getattr(args, "protocol", "test"))
 
 
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
@@ -239,8 +272,13 @@ def _report(result: dict[str, Any], json_path: Path | None) -> int:
     _write_json(json_path, result)
     print("\n".join(_summary(result)))
     train = f" train_seconds={result['train_seconds']:.1f}" if "train_seconds" in result else ""
+    spread = ""
+    if "seeds" in result:
+        spread = (f" seeds={','.join(map(str, result['seeds']))} image_auroc_sd={result['image_auroc_sd']:.4f}"
+                  + (f" pixel_auroc_sd={result['pixel_auroc_sd']:.4f}" if result.get("pixel_auroc_sd") is not None
+                     else ""))
     print(f"image_auroc={result['image_auroc']:.4f} pixel_auroc={_fmt(result['pixel_auroc'])}{train} "
-          f"score_ms_per_image={result['score_ms_per_image']:.3f}")
+          f"score_ms_per_image={result['score_ms_per_image']:.3f}{spread}")
     return EXIT_OK
 
 
@@ -263,25 +301,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .app.inspection import InspectorSettings, load_inspector
     from .app.jobs import evaluate
-    from .detect.device import device_name, resolve_device
+    from .detect.device import device_name
     from .learn.datasets import discover
-    from .modelstore.modelfile import calibration_of, load_model
 
-    device = resolve_device(args.device)
-    detector, meta = load_model(args.model, device=device)
+    inspector, meta = load_inspector(args.model, InspectorSettings(device=args.device))
     dataset = discover(args.data, need_train=False, need_test=True)
     result = {"model": str(args.model), "method": meta["method"], "data": str(args.data),
-              "device": device_name(device)}
-    result |= evaluate(detector, calibration_of(meta), dataset, progress=ProgressBar())
+              "device": device_name(inspector.detector.device)}
+    result |= evaluate(inspector, dataset.test, root=args.data, progress=ProgressBar())
     return _report(result, args.json)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .app.jobs import bench
+    from dataclasses import replace
 
-    _, result = bench(_options(args), progress=ProgressBar())
-    return _report(result, args.json)
+    from .app.jobs import bench, summarise_seeds
+
+    opts = _options(args)
+    if not args.seeds:
+        _, result = bench(opts, progress=ProgressBar())
+        return _report(result, args.json)
+    runs = []
+    for seed in args.seeds:
+        _, run = bench(replace(opts, seed=seed), progress=ProgressBar())
+        print(f"seed {seed}: image_auroc={run['image_auroc']:.4f} pixel_auroc={_fmt(run['pixel_auroc'])}",
+              file=sys.stderr)
+        runs.append(run)
+    return _report(summarise_seeds(runs), args.json)
 
 
 def _source_key(source: str) -> str:

@@ -3,8 +3,9 @@
 Importing this package registers every method; ask ``models.base`` for them by name.
 """
 
-from . import ae, agad, ede, eidn  # noqa: F401  (each module registers its method)
+from . import ae, agad, ede, eidn, patchcore  # noqa: F401  (each module registers its method)
 from .base import (
+                   DEFAULT_METHOD,
                    Detector,
                    Inference,
                    TrainBatch,
@@ -15,5 +16,5 @@ from .base import (
                    method_names,
 )
 
-__all__ = ["Detector", "Inference", "TrainBatch", "TrainingDefaults", "UnknownMethodError",
+__all__ = ["DEFAULT_METHOD", "Detector", "Inference", "TrainBatch", "TrainingDefaults", "UnknownMethodError",
            "create", "get_method", "method_names"]

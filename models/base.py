@@ -1,11 +1,20 @@
 """The Detector interface every anomaly-detection method implements, and the registry by name.
 
-A detector is an ``nn.Module`` that takes image tiles as float tensors ``(B, C, S, S)`` scaled to
-[-1, 1] and returns, for each tile, an anomaly score (higher = more anomalous) and, where the
-method reconstructs its input, a per-pixel difference map.  Training is driven from outside (the
-engine in ``inspector.training``) one step at a time, so that progress, cancel, checkpoints and the
-time budget work the same way for every method; each method owns its losses and optimisers because
-the adversarial methods need several of them.
+A detector is an ``nn.Module`` that takes images as float tensors ``(B, C, H, W)`` scaled to
+[-1, 1] (BGR, or grey with C = 1) and returns, for each, an anomaly score (higher = more
+anomalous) and, where it has one, an anomaly map.  Two kinds:
+
+- tile detectors (``size`` = S): fixed S x S tiles, cut from the frame by the pipeline; maps at
+  tile resolution (the pixel methods: AE, AGAD, EDE);
+- fully convolutional detectors (``size`` None): any H and W that are multiples of
+  ``side_multiple``; maps on a grid of ``map_stride`` pixels (the methods on a frozen backbone's
+  patch features).  The pipeline runs them once over the whole region.
+
+Training is driven from outside (the engine in ``inspector.learn.training``) one step at a time,
+so that progress, cancel, checkpoints and the time budget work the same way for every method; each
+method owns its losses and optimisers because the adversarial methods need several of them.  A
+method on features is trained on features the engine computes once per image (``trains_on``); a
+memory-bank method is fitted without gradients (``gradient_free``).
 
 The rest of the program asks the registry for a method by name and never imports one by hand.
 """
@@ -14,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import itertools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,20 +37,26 @@ class TrainBatch:
 
     ``anomalous`` holds labelled defects and/or synthetic pseudo-anomalies for the methods that use
     them (``Detector.uses_anomalies``); ``anomalous_is_real`` marks which rows are labelled defects.
+    ``anomalous_masks`` (B, 1, h, w), where known, marks the anomalous part of each anomalous row
+    (pseudo-anomalies are painted with their masks); labelled defects come without one (zeros and
+    ``anomalous_is_real``: the method finds the defect itself, e.g. as a multiple-instance bag).
     """
 
     normal: torch.Tensor
     anomalous: torch.Tensor | None = None
     anomalous_is_real: torch.Tensor | None = None
+    anomalous_masks: torch.Tensor | None = None
 
 
 @dataclass
 class Inference:
     """What a detector returns for a batch of tiles.
 
-    scores: ``(B,)`` raw anomaly scores, higher = more anomalous.
-    maps: ``(B, 1, S, S)`` per-pixel difference maps, or None for a method without one.
-    embeddings: ``(B, l)`` latent codes for a method that embeds (EIDN), else None.
+    scores: ``(B,)`` raw anomaly scores, higher = more anomalous (the map's maximum, for a method
+        with a map; the pipeline takes it over the valid part of a padded input itself).
+    maps: ``(B, 1, h, w)`` anomaly maps in score units — per pixel for a tile detector, per patch
+        (``map_stride`` pixels) for a fully convolutional one — or None for a method without one.
+    embeddings: ``(B, l)`` or ``(B, l, h, w)`` latent codes for a method that embeds (EIDN), else None.
     """
 
     scores: torch.Tensor
@@ -55,7 +71,7 @@ class TrainingDefaults:
     epochs: int
     steps_per_epoch: int
     batch_size: int
-    size: int
+    size: int | None          # tile side; None: fully convolutional
 
 
 class _DetectorMeta(abc.ABCMeta):
@@ -90,13 +106,17 @@ class Detector(nn.Module, metaclass=_DetectorMeta):
     uses_anomalies: ClassVar[bool] = False
     #: ... and cannot train without them (EIDN's triplets); AGAD can, from normal samples alone.
     needs_anomalies: ClassVar[bool] = False
-    #: ``infer`` returns a per-pixel difference map.
+    #: ``infer`` returns an anomaly map.
     has_difference_map: ClassVar[bool] = False
+    #: What ``training_step`` receives: image tiles ("pixels") or backbone features ("features").
+    trains_on: ClassVar[str] = "pixels"
+    #: Fitted in one pass by ``fit_features`` (a memory bank) instead of gradient steps.
+    gradient_free: ClassVar[bool] = False
     defaults: ClassVar[TrainingDefaults]
 
-    def __init__(self, *, size: int, channels: int) -> None:
+    def __init__(self, *, size: int | None, channels: int) -> None:
         super().__init__()
-        if size < 16 or size & (size - 1):
+        if size is not None and (size < 16 or size & (size - 1)):
             raise ValueError(f"input size must be a power of two, at least 16 (16, 32, 64, ...), got {size}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (colour), got {channels}")
@@ -117,7 +137,23 @@ class Detector(nn.Module, metaclass=_DetectorMeta):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def fully_convolutional(self) -> bool:
+        return self.size is None
+
+    @property
+    def side_multiple(self) -> int:
+        """Image sides a fully convolutional detector takes are multiples of this (the caller pads)."""
+        return 1
+
+    @property
+    def map_stride(self) -> int:
+        """Input pixels per anomaly-map cell."""
+        return 1
 
     @abc.abstractmethod
     def make_optimizers(self) -> None:
@@ -160,6 +196,8 @@ class UnknownMethodError(KeyError):
 
 
 _METHODS: dict[str, type[Detector]] = {}
+#: The detector an operator gets without labelled defects: ``get_method("default")``.
+DEFAULT_METHOD = "patchcore"
 
 
 def register(cls: type[Detector]) -> type[Detector]:
@@ -175,11 +213,13 @@ def method_names() -> list[str]:
 
 
 def get_method(name: str) -> type[Detector]:
+    """The method of this name; ``"default"`` is ``DEFAULT_METHOD``."""
     try:
-        return _METHODS[name]
+        return _METHODS[DEFAULT_METHOD if name == "default" else name]
     except KeyError:
         raise UnknownMethodError(
-            f"unknown method {name!r}; available methods: {', '.join(method_names())}"
+            f"unknown method {name!r}; available methods: {', '.join(method_names())} "
+            f"(or default: {DEFAULT_METHOD})"
         ) from None
 
 

@@ -201,7 +201,10 @@ def test_a_truncated_video_ends_failed_with_its_lost_frames(tmp_path):
 # -- detectors ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", models.method_names())
 def test_infer_leaves_the_training_mode_alone(method):
-    detector = models.create(method, size=16, channels=1)
+    cls = models.get_method(method)
+    detector = models.create(method, size=None if cls.defaults.size is None else 16, channels=1)
+    if detector.gradient_free:
+        detector.fit_features([torch.randn(detector.feature_dim, 2, 2)])
     detector.train()
     detector.infer(torch.zeros(2, 1, 16, 16))
     assert detector.training

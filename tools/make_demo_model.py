@@ -79,7 +79,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="inspector-demo-") as tmp:
         data = write_set(Path(tmp) / "demo")
         trained = train_model(TrainOptions(data=data, method="eidn", seed=0))
-        metrics = evaluate(trained.detector, trained.calibration, trained.dataset)
+        metrics = evaluate(trained.inspector(), trained.split.evaluation, root=data)
     inspector = Inspector(trained.detector, trained.calibration, tile=TILE, stride=TILE // 2)
     calibration = calibrate_frames(inspector, good_loop(), false_alarm_rate=0.0)
     inspector = Inspector(trained.detector, calibration, tile=TILE, stride=TILE // 2)

@@ -70,12 +70,19 @@ class InspectorSettings:
 def load_inspector(model: str | Path, settings: InspectorSettings) -> tuple[Inspector, dict[str, Any]]:
     """Load a model file onto the chosen device and wrap it with its stored calibration.
 
-    Without a tile size in ``settings``, the tiling the model file recommends (a model trained on
-    tiles of a larger surface, like the demo's) is used; without one, each frame is one tile.
+    A fully convolutional model inspects each frame whole, at the scale and with the smoothing it
+    was trained and calibrated with.  A tile model without a tile size in ``settings`` uses the
+    tiling its file recommends (one trained on tiles of a larger surface, like the demo's), or
+    else inspects each frame as one tile.
     """
     device = resolve_device(settings.device)
     detector, meta = load_model(model, device=device)
     made_for = meta.get("inspection", {})
+    if detector.fully_convolutional:
+        inspector = Inspector(detector, calibration_of(meta), tile=settings.tile, stride=settings.stride,
+                              roi=settings.roi, half=settings.half, scale=made_for.get("scale", 1.0),
+                              smoothing=made_for.get("smoothing", 0.0))
+        return inspector, meta
     tile = settings.tile if settings.tile is not None else made_for.get("tile")
     stride = settings.stride if settings.tile is not None else made_for.get("stride")
     inspector = Inspector(detector, calibration_of(meta), tile=tile, stride=stride, roi=settings.roi,
@@ -85,7 +92,9 @@ def load_inspector(model: str | Path, settings: InspectorSettings) -> tuple[Insp
 
 def run_settings(inspector: Inspector, settings: InspectorSettings) -> dict[str, Any]:
     """What a run records about how it inspected (for the database and the report)."""
-    return {"tile": inspector.tile, "stride": inspector.stride, "roi": inspector.roi, "half": settings.half,
+    whole = ({"scale": inspector.scale, "smoothing": inspector.smoothing}
+             if inspector.detector.fully_convolutional else {})
+    return {"tile": inspector.tile, "stride": inspector.stride, **whole, "roi": inspector.roi, "half": settings.half,
             "normalised_threshold": inspector.normalised_threshold,
             "device": device_name(inspector.detector.device), "input_size": inspector.detector.size,
             "channels": inspector.detector.channels}

@@ -1,20 +1,26 @@
-"""The train / eval / bench jobs, shared by the command line and (later) the retraining wizard.
+"""The train / eval / bench jobs, shared by the command line and the retraining wizard.
 
 train: data folder -> trained, calibrated detector (+ metadata ready for a model file).
-evaluate: detector + calibration + data folder's test split -> metrics.
-bench: train then evaluate, with the figures the README tables are made of.
+evaluate: an Inspector + test images -> metrics.
+bench: train, then evaluate on ``test/`` (or on a validation split cut from ``train/``).
+
+Every image is scored exactly as ``inspect`` scores it: through an ``Inspector`` with the model's
+own tiling or scale.  Calibration runs that way on held-out goods, and so do the test figures, so
+``bench`` measures what an operator gets.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import models
 from models import Detector
@@ -23,36 +29,34 @@ from ..base.errors import InspectorError
 from ..base.progress import Progress, ProgressCallback
 from ..detect.calibration import DEFAULT_FALSE_ALARM_RATE, Calibration, calibrate
 from ..detect.device import device_name, resolve_device
-from ..detect.heatmap import map_to_image
-from ..detect.scoring import score_tiles
-from ..frames.images import ImageReadError, read_mask
-from ..learn.datasets import (
-    DatasetError,
-    MVTecSet,
-    defects_for_fraction,
-    detect_channels,
-    discover,
-    load_tiles,
-    split_holdout,
-)
+from ..detect.pipeline import FrameResult, Inspector
+from ..detect.scoring import whole_images
+from ..frames.frame import Frame
+from ..frames.images import ImageReadError, decode_workers, read_image, read_mask
+from ..learn.backbones import pretrained_backbone
+from ..learn.datasets import DatasetError, MVTecSet, TestItem, detect_channels, discover, load_images, load_tiles
 from ..learn.metrics import auroc, rates_at
 from ..learn.pseudo_anomalies import make_pseudo_anomalies
+from ..learn.splits import Split, make_split
 from ..learn.training import TrainConfig, TrainingData, TrainReport, seed_everything, train
 from ..modelstore.modelfile import build_metadata
 
 log = logging.getLogger(__name__)
 
-#: Share of train/good held out (not trained on) to calibrate the threshold.
-HOLDOUT_FRACTION = 0.1
 #: Pseudo-anomalies painted per run, for methods that learn from anomalies.
 PSEUDO_POOL = 3000
+#: Images inspected together when calibrating and evaluating.
+EVAL_BATCH = 32
+#: The Inspector's calibration is replaced by the real one once the raw scores are known.
+_PROVISIONAL = Calibration(threshold=0.0, good_median=0.0, scale=1.0, rule="provisional",
+                           target_false_alarm_rate=None, n_good=0, n_defect=0)
 
 
 class OptionError(InspectorError):
     """A training option that the chosen method does not accept; the message says which ones it does."""
 
 
-def build_detector(cls: type[Detector], size: int, channels: int, hparams: dict[str, Any]) -> Detector:
+def build_detector(cls: type[Detector], size: int | None, channels: int, hparams: dict[str, Any]) -> Detector:
     unknown = set(hparams) - set(cls.hparam_defaults())
     if unknown:
         raise OptionError(f"method {cls.method!r} has no setting {', '.join(sorted(unknown))}; "
@@ -80,6 +84,12 @@ class TrainOptions:
     checkpoint_path: Path | None = None
     resume: bool = False
     hparams: dict[str, Any] = field(default_factory=dict)
+    #: Fully convolutional methods: the images are resized by this before the model sees them.
+    scale: float = 1.0
+    #: Fully convolutional methods: the anomaly map's Gaussian smoothing, in map cells.
+    smoothing: float = 4.0
+    backbone_weights: Path | None = None
+    protocol: str = "test"
 
 
 @dataclass
@@ -89,6 +99,12 @@ class TrainedModel:
     report: TrainReport
     metadata: dict[str, Any]
     dataset: MVTecSet
+    split: Split
+    inspection: dict[str, Any]
+
+    def inspector(self, **kw) -> Inspector:
+        """An Inspector for this model, tiled or scaled as it was trained and calibrated."""
+        return Inspector(self.detector, self.calibration, **self.inspection, **kw)
 
 
 def _load_progress(progress: ProgressCallback | None, stage: str) -> Callable[[int, int], None] | None:
@@ -97,130 +113,196 @@ def _load_progress(progress: ProgressCallback | None, stage: str) -> Callable[[i
     return lambda done, total: progress(Progress(stage, done, total))
 
 
+def inspect_files(inspector: Inspector, paths: Sequence[Path], *, progress: ProgressCallback | None = None,
+                  stage: str = "score") -> Iterator[tuple[int, FrameResult]]:
+    """(position, result) for each readable file, inspected in batches as ``inspect`` would; files that
+    cannot be read are logged and left out."""
+    with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
+        for start in range(0, len(paths), EVAL_BATCH):
+            chunk = list(paths[start:start + EVAL_BATCH])
+            frames = []
+            for offset, (path, fut) in enumerate(zip(chunk, [pool.submit(read_image, p) for p in chunk], strict=True)):
+                try:
+                    frames.append(Frame(fut.result(), str(path), start + offset, time.monotonic()))
+                except ImageReadError as exc:
+                    log.warning("left out: %s", exc)
+            for frame, result in zip(frames, inspector.inspect_batch(frames), strict=True):
+                yield frame.index, result
+            if progress is not None:
+                progress(Progress(stage, min(start + EVAL_BATCH, len(paths)), len(paths)))
+
+
+def _fit_features(detector: Detector, opts: TrainOptions, split: Split, channels: int,
+                  progress: ProgressCallback | None) -> tuple[TrainReport, dict[str, Any]]:
+    """A fully convolutional method: the backbone's features of each good image, computed once, and the
+    method fitted on them."""
+    t0 = time.perf_counter()
+    goods = load_images(split.train_good, scale=opts.scale, channels=channels,
+                        progress=_load_progress(progress, "load good"))
+    if not goods.images:
+        raise DatasetError(f"{opts.data}: none of the good training images could be read")
+    features = whole_images(detector, detector.features, goods.images, progress=progress, stage="features")
+    if not detector.gradient_free:
+        raise OptionError(f"method {detector.method!r} cannot be trained yet")
+    info = detector.fit_features([f.to(detector.device) for f in features],
+                                 generator=torch.Generator().manual_seed(opts.seed))
+    report = TrainReport(epochs_done=1, steps_done=0, seconds=time.perf_counter() - t0, stopped_by="completed",
+                         last_losses={k: float(v) for k, v in info.items()})
+    return report, {"n_train_good": len(goods.images), "n_train_defect": 0, "n_pseudo_anomalies": 0,
+                    "skipped": goods.errors, "fit": info}
+
+
+def _train_tiles(detector: Detector, opts: TrainOptions, split: Split, channels: int, rng: np.random.Generator,
+                 progress: ProgressCallback | None, should_cancel: Callable[[], bool] | None
+                 ) -> tuple[TrainReport, dict[str, Any], TrainConfig]:
+    """A tile method: tiles of the training images, trained step by step by the engine."""
+    size = detector.size
+    normal = load_tiles(split.train_good, size=size, channels=channels, progress=_load_progress(progress, "load good"))
+    labelled = load_tiles(split.labelled, size=size, channels=channels) if split.labelled else None
+    if len(normal.tiles) == 0:
+        raise DatasetError(f"{opts.data}: none of the good training images could be read")
+    pseudo = make_pseudo_anomalies(normal.tiles, PSEUDO_POOL, rng) if detector.wants_pseudo_anomalies else None
+    data = TrainingData(normal.tiles, labelled.tiles if labelled else None, pseudo)
+    d = type(detector).defaults
+    config = TrainConfig(epochs=opts.epochs or d.epochs, steps_per_epoch=opts.steps_per_epoch or d.steps_per_epoch,
+                         batch_size=opts.batch_size or d.batch_size, seed=opts.seed, flips=opts.flips,
+                         time_budget_s=opts.time_budget_s, checkpoint_path=opts.checkpoint_path,
+                         resume=opts.resume)
+    report = train(detector, data, config, progress=progress, should_cancel=should_cancel)
+    return report, {"n_train_good": len(normal.tiles), "n_train_defect": data.n_labelled,
+                    "n_pseudo_anomalies": data.n_pseudo,
+                    "skipped": normal.errors + (labelled.errors if labelled else [])}, config
+
+
 def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress: ProgressCallback | None = None,
                 should_cancel: Callable[[], bool] | None = None) -> TrainedModel:
     dataset = dataset or discover(opts.data)
     cls = models.get_method(opts.method)
     device = resolve_device(opts.device)
     rng = seed_everything(opts.seed)
-    size = opts.size or cls.defaults.size
     channels = detect_channels(dataset.train_good)
-    detector = build_detector(cls, size, channels, opts.hparams).to(device)
-
-    train_paths, holdout_paths = split_holdout(dataset.train_good, HOLDOUT_FRACTION, rng)
-    defect_paths: list[Path] = []
-    if cls.uses_anomalies:
-        defect_paths = defects_for_fraction(dataset.train_defect, len(train_paths), opts.anomaly_fraction, rng)
-    elif opts.anomaly_fraction > 0:
+    fully_convolutional = cls.defaults.size is None
+    size = None if fully_convolutional else (opts.size or cls.defaults.size)
+    detector = build_detector(cls, size, channels, opts.hparams)
+    if fully_convolutional:
+        features = detector.patch_features
+        features.backbone.load_weights(pretrained_backbone(features.backbone.name, features.backbone.stages,
+                                                           opts.backbone_weights).state_dict())
+        features.align()
+    elif opts.backbone_weights is not None:
+        raise OptionError(f"method {opts.method!r} works on pixels: it takes no backbone weights")
+    detector.to(device)
+    split = make_split(dataset, anomaly_fraction=opts.anomaly_fraction, rng=rng, protocol=opts.protocol,
+                       learns_from_defects=cls.uses_anomalies)
+    if opts.anomaly_fraction > 0 and not cls.uses_anomalies:
         log.info("method %s learns from good images only; the anomaly fraction is ignored", opts.method)
 
-    normal = load_tiles(train_paths, size=size, channels=channels, progress=_load_progress(progress, "load good"))
-    holdout = load_tiles(holdout_paths, size=size, channels=channels)
-    labelled = load_tiles(defect_paths, size=size, channels=channels) if defect_paths else None
-    if len(normal.tiles) == 0 or len(holdout.tiles) == 0:
-        raise DatasetError(f"{opts.data}: none of the good training images could be read")
-    pseudo = make_pseudo_anomalies(normal.tiles, PSEUDO_POOL, rng) if detector.wants_pseudo_anomalies else None
-    data = TrainingData(normal.tiles, labelled.tiles if labelled else None, pseudo)
+    config = None
+    if fully_convolutional:
+        report, counts = _fit_features(detector, opts, split, channels, progress)
+        inspection = {"scale": opts.scale, "smoothing": opts.smoothing}
+    else:
+        report, counts, config = _train_tiles(detector, opts, split, channels, rng, progress, should_cancel)
+        inspection = {}
+    detector.eval()
 
-    d = cls.defaults
-    config = TrainConfig(epochs=opts.epochs or d.epochs, steps_per_epoch=opts.steps_per_epoch or d.steps_per_epoch,
-                         batch_size=opts.batch_size or d.batch_size, seed=opts.seed, flips=opts.flips,
-                         time_budget_s=opts.time_budget_s, checkpoint_path=opts.checkpoint_path,
-                         resume=opts.resume)
-    report = train(detector, data, config, progress=progress, should_cancel=should_cancel)
-
-    calibration = calibrate(score_tiles(detector, holdout.tiles, with_maps=False).scores,
-                            false_alarm_rate=opts.false_alarm_rate)
-    skipped = normal.errors + holdout.errors + (labelled.errors if labelled else [])
+    provisional = Inspector(detector, _PROVISIONAL, **inspection)
+    good_scores = [r.score for _, r in inspect_files(provisional, split.calibration_good, progress=progress,
+                                                     stage="calibrate") if r.error is None]
+    if not good_scores:
+        raise DatasetError(f"{opts.data}: none of the held-out good images could be scored")
+    calibration = calibrate(np.array(good_scores), false_alarm_rate=opts.false_alarm_rate)
     training = {
-        "data": str(opts.data), "seed": opts.seed, "device": device_name(device),
+        "data": str(opts.data), "seed": opts.seed, "device": device_name(device), "protocol": opts.protocol,
         "anomaly_fraction": opts.anomaly_fraction,
-        "n_train_good": len(normal.tiles), "n_train_defect": data.n_labelled, "n_pseudo_anomalies": data.n_pseudo,
-        "n_calibration_good": len(holdout.tiles), "skipped_files": [f"{p}: {why}" for p, why in skipped],
-        "epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch, "batch_size": config.batch_size,
-        "flips": config.flips,
+        "n_train_good": counts["n_train_good"], "n_train_defect": counts["n_train_defect"],
+        "n_pseudo_anomalies": counts["n_pseudo_anomalies"], "n_calibration_good": len(good_scores),
+        "skipped_files": [f"{p}: {why}" for p, why in counts["skipped"]],
         "epochs_done": report.epochs_done, "steps_done": report.steps_done, "stopped_by": report.stopped_by,
         "seconds": round(report.seconds, 2), "final_losses": report.last_losses,
     }
-    return TrainedModel(detector, calibration, report, build_metadata(detector, calibration, training=training),
-                        dataset)
+    if config is not None:
+        training |= {"epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch,
+                     "batch_size": config.batch_size, "flips": config.flips}
+    if fully_convolutional:
+        training["backbone_weights"] = str(opts.backbone_weights) if opts.backbone_weights else "shipped"
+    metadata = build_metadata(detector, calibration, training=training)
+    if inspection:
+        metadata["inspection"] = inspection
+    return TrainedModel(detector, calibration, report, metadata, dataset, split, inspection)
 
 
-def evaluate(detector: Detector, calibration: Calibration, dataset: MVTecSet, *,
+def evaluate(inspector: Inspector, items: Sequence[TestItem], *, root: Path | None = None,
              progress: ProgressCallback | None = None) -> dict[str, Any]:
-    """Score every test image; image AUROC (and per type), pixel AUROC where masks exist."""
-    if not dataset.test:
-        raise DatasetError(f"{dataset.root / 'test'}: no test images")
-    items = {t.path: t for t in dataset.test}
-    loaded = load_tiles(list(items), size=detector.size, channels=detector.channels,
-                        progress=_load_progress(progress, "load test"))
-    tested = [items[p] for p in loaded.paths]
-    is_defect = np.array([t.is_defect for t in tested])
-    if is_defect.all() or not is_defect.any():
-        raise DatasetError(f"{dataset.root / 'test'}: needs readable good and defective images")
-    want_maps = detector.has_difference_map and dataset.has_masks
+    """Inspect every item as ``inspect`` would: image AUROC (and per type), the false-alarm rate and
+    recall at the calibrated threshold, and pixel AUROC from the heat maps where masks exist."""
+    if not items:
+        raise DatasetError(f"{root}: no images to evaluate on")
+    with_masks = any(item.mask is not None for item in items)
     t0 = time.perf_counter()
-    out = score_tiles(detector, loaded.tiles, with_maps=want_maps, progress=progress)
-    score_seconds = time.perf_counter() - t0
-    scores = out.scores
-
+    scored: list[tuple[TestItem, float]] = []
+    pixel_labels, pixel_values = [], []
+    for i, result in inspect_files(inspector, [item.path for item in items], progress=progress):
+        if result.error is not None:
+            log.warning("left out: %s: %s", result.item, result.error)
+            continue
+        item = items[i]
+        scored.append((item, result.score))
+        if with_masks:
+            gt = _mask_for(item, result.image.shape[:2])
+            if gt is not None:
+                pixel_labels.append(gt.ravel())
+                pixel_values.append(result.heat.ravel())
+    seconds = time.perf_counter() - t0
+    is_defect = np.array([item.is_defect for item, _ in scored])
+    scores = np.array([s for _, s in scored])
+    if is_defect.all() or not is_defect.any():
+        raise DatasetError(f"{root}: needs readable good and defective images")
     per_type = {}
-    for label in sorted({t.label for t in tested if t.is_defect}):
-        goods_and_type = ~is_defect | np.array([t.label == label for t in tested])
-        per_type[label] = auroc(is_defect[goods_and_type], scores[goods_and_type])
-    far, recall = rates_at(calibration.threshold, scores[~is_defect], scores[is_defect])
-    result = {
+    for label in sorted({item.label for item, _ in scored if item.is_defect}):
+        keep = ~is_defect | np.array([item.label == label for item, _ in scored])
+        per_type[label] = auroc(is_defect[keep], scores[keep])
+    far, recall = rates_at(inspector.calibration.threshold, scores[~is_defect], scores[is_defect])
+    pixel = None
+    if pixel_labels:
+        labels_all = np.concatenate(pixel_labels)
+        if labels_all.any():
+            pixel = auroc(labels_all, np.concatenate(pixel_values))
+    return {
         "n_test_good": int((~is_defect).sum()), "n_test_defect": int(is_defect.sum()),
-        "image_auroc": auroc(is_defect, scores),
-        "pixel_auroc": _pixel_auroc(tested, out.maps, loaded.shapes) if out.maps is not None else None,
-        "auroc_per_type": per_type,
-        "threshold": calibration.threshold,
-        "false_alarm_rate": far, "recall": recall,
-        "score_ms_per_image": 1000.0 * score_seconds / len(tested),
-        "test_skipped_files": [f"{p}: {why}" for p, why in loaded.errors],
+        "image_auroc": auroc(is_defect, scores), "pixel_auroc": pixel, "auroc_per_type": per_type,
+        "threshold": inspector.calibration.threshold, "false_alarm_rate": far, "recall": recall,
+        "score_ms_per_image": 1000.0 * seconds / max(1, len(scored)),
+        "test_skipped_files": [str(item.path) for item in items if item not in {s[0] for s in scored}],
     }
-    return result
 
 
-def _pixel_auroc(tested, maps: np.ndarray, shapes) -> float | None:
-    """Pixel AUROC over all test images with a usable mask (goods count as all-normal).
-
-    Defects whose mask file is missing or empty are left out: they cannot be scored per pixel.
-    """
-    labels, values = [], []
-    for item, tile_map, shape in zip(tested, maps, shapes, strict=True):
-        if item.is_defect:
-            if item.mask is None:
-                continue
-            try:
-                gt = read_mask(item.mask)
-            except ImageReadError as exc:
-                log.warning("mask skipped: %s", exc)
-                continue
-            if not gt.any() or gt.shape != tuple(shape):
-                continue
-        else:
-            gt = np.zeros(shape, bool)
-        labels.append(gt.ravel())
-        values.append(map_to_image(tile_map, shape).ravel())
-    if not labels:
+def _mask_for(item: TestItem, shape: tuple[int, int]) -> np.ndarray | None:
+    """The item's ground truth: all-normal for a good image; its mask for a defect (None when it has
+    none, or an empty or mis-sized one: such a defect cannot be scored per pixel)."""
+    if not item.is_defect:
+        return np.zeros(shape, bool)
+    if item.mask is None:
         return None
-    labels_all = np.concatenate(labels)
-    if not labels_all.any():
+    try:
+        gt = read_mask(item.mask)
+    except ImageReadError as exc:
+        log.warning("mask skipped: %s", exc)
         return None
-    return auroc(labels_all, np.concatenate(values))
+    return gt if gt.any() and gt.shape == tuple(shape) else None
 
 
 def bench(opts: TrainOptions, *, progress: ProgressCallback | None = None,
           should_cancel: Callable[[], bool] | None = None) -> tuple[TrainedModel, dict[str, Any]]:
-    """Train on train/, calibrate on held-out goods, score test/: the bench contract's figures."""
-    dataset = discover(opts.data, need_test=True)
+    """Train, calibrate on held-out goods, and evaluate on the protocol's images: the bench contract."""
+    dataset = discover(opts.data, need_test=opts.protocol == "test")
     trained = train_model(opts, dataset=dataset, progress=progress, should_cancel=should_cancel)
-    metrics = evaluate(trained.detector, trained.calibration, dataset, progress=progress)
+    metrics = evaluate(trained.inspector(), trained.split.evaluation, root=opts.data, progress=progress)
     t = trained.metadata["training"]
     result = {
-        "method": opts.method, "data": str(opts.data), "size": trained.detector.size,
-        "channels": trained.detector.channels, "anomaly_fraction": opts.anomaly_fraction,
+        "method": opts.method, "data": str(opts.data), "protocol": opts.protocol,
+        "size": trained.detector.size, "channels": trained.detector.channels, **trained.inspection,
+        "anomaly_fraction": opts.anomaly_fraction,
         "n_train_good": t["n_train_good"], "n_train_defect": t["n_train_defect"],
         "n_pseudo_anomalies": t["n_pseudo_anomalies"], "n_calibration_good": t["n_calibration_good"],
         **{k: metrics[k] for k in ("n_test_good", "n_test_defect", "image_auroc", "pixel_auroc",
@@ -235,3 +317,25 @@ def bench(opts: TrainOptions, *, progress: ProgressCallback | None = None,
     }
     trained.metadata["metrics"] = {k: result[k] for k in ("image_auroc", "pixel_auroc", "false_alarm_rate", "recall")}
     return trained, result
+
+
+#: Figures that a multi-seed bench reports as mean and standard deviation.
+SEED_FIGURES = ("image_auroc", "pixel_auroc", "false_alarm_rate", "recall", "train_seconds", "score_ms_per_image")
+
+
+def summarise_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One bench result from runs that differ only in their seed: each figure's mean and (sample)
+    standard deviation, and every run kept under ``runs``."""
+    summary = {k: v for k, v in runs[0].items() if k not in SEED_FIGURES and k not in ("seed", "auroc_per_type")}
+    summary["seeds"] = [run["seed"] for run in runs]
+    for key in SEED_FIGURES:
+        values = [run[key] for run in runs if run.get(key) is not None]
+        if len(values) != len(runs):
+            summary[key] = summary[f"{key}_sd"] = None
+            continue
+        summary[key] = float(np.mean(values))
+        summary[f"{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    types = runs[0].get("auroc_per_type", {})
+    summary["auroc_per_type"] = {t: float(np.mean([run["auroc_per_type"][t] for run in runs])) for t in types}
+    summary["runs"] = runs
+    return summary

@@ -22,14 +22,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from models import Detector
 
 from ..frames.frame import Frame
 from .calibration import Calibration, calibrate
-from .scoring import score_tiles
-from .tiling import Roi, TileGrid, TilingError, cut_tiles, heat_image, plan_grid, stitch
+from .scoring import map_images, score_tiles
+from .tiling import Roi, TileGrid, TilingError, cut_tiles, heat_image, plan_grid, plan_whole, stitch
 
 OK, NG, ERROR = "OK", "NG", "ERROR"
 NON_FINITE = ("the model gave a score that is not a number (NaN or infinity); the model file or the image "
@@ -49,10 +50,11 @@ class FrameResult:
     score: float = float("nan")         # the worst tile's raw score
     normalised: float = float("nan")    # in (0, 1) on the calibrated scale; 0.5 at the calibrated threshold
     threshold: float = float("nan")     # the raw threshold the verdict was taken against
-    tile_scores: np.ndarray | None = None   # (n,) raw
+    tile_scores: np.ndarray | None = None   # (n,) raw: per tile, or per map cell for a whole-region model
     grid: TileGrid | None = None            # where the tiles lie (``grid.boxes``: x0, y0, x1, y1 in the frame)
-    heat_scaled: np.ndarray | None = None   # the stitched heat map of the scaled region (``tiling.stitch``)
-    embeddings: np.ndarray | None = None    # (n, l) for an embedding method (EIDN)
+    heat_scaled: np.ndarray | None = None   # the heat map, one value a cell (``grid.cell``), normalised units
+    heat_threshold: float = 0.5             # ``threshold`` in the heat map's (normalised) units
+    embeddings: np.ndarray | None = None    # (n, l) for an embedding method (EIDN), one row per tile or cell
     thumbnail: bytes | None = None          # the image's thumbnail as JPEG, when made ahead
     _heat: np.ndarray | None = field(default=None, repr=False)
 
@@ -82,26 +84,61 @@ class FrameResult:
         return self.done_at - self.timestamp
 
     def flagged_boxes(self) -> np.ndarray:
-        """The boxes of the tiles over the threshold."""
-        if self.grid is None or self.tile_scores is None:
+        """Boxes (x0, y0, x1, y1 in frame pixels) around the connected regions of the heat map over the
+        threshold: around each defect, not around tiles."""
+        if self.grid is None or self.heat_scaled is None or self.error is not None:
             return np.zeros((0, 4), np.int64)
-        return self.grid.boxes[self.tile_scores > self.threshold]
+        return flagged_regions(self.grid, self.heat_scaled, self.heat_threshold)
+
+
+def flagged_regions(grid: TileGrid, heat: np.ndarray, level: float) -> np.ndarray:
+    """Bounding boxes, in frame pixels, of the 8-connected regions of ``heat`` above ``level``."""
+    mask = (heat > level).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 1:
+        return np.zeros((0, 4), np.int64)
+    x, y, w, h = grid.roi
+    cy, cx = grid.cell
+    left, top, width, height = (stats[1:, i].astype(np.float64) for i in range(4))
+    boxes = np.stack([x + left * cx, y + top * cy, x + (left + width) * cx, y + (top + height) * cy], axis=1)
+    limits = np.array([x, y, x + w, y + h], np.float64)
+    boxes = np.clip(np.round(boxes), limits[[0, 1, 0, 1]], limits[[2, 3, 2, 3]])
+    return boxes.astype(np.int64)
+
+
+def smooth_map(heat: np.ndarray, sigma: float) -> np.ndarray:
+    """A map smoothed by a Gaussian of ``sigma`` cells (0: as it is): one stray cell is not a defect."""
+    if sigma <= 0:
+        return heat
+    return cv2.GaussianBlur(heat, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
 
 
 class Inspector:
-    """A detector ready to inspect frames: calibration, tiling, region of interest, precision."""
+    """A detector ready to inspect frames: calibration, tiling or scale, region of interest, precision.
+
+    Tile models (``detector.size``) are tiled by ``tile`` / ``stride`` frame pixels; a fully
+    convolutional model sees the whole region resized by ``scale`` and its map is smoothed by
+    ``smoothing`` cells before the frame's score (the map's maximum) is taken.
+    """
 
     def __init__(self, detector: Detector, calibration: Calibration, *, tile: int | None = None,
                  stride: int | None = None, roi: Roi | None = None, half: bool = False,
-                 max_batch_tiles: int = 256) -> None:
+                 max_batch_tiles: int = 256, scale: float = 1.0, smoothing: float = 0.0) -> None:
         self.detector = detector
         self.calibration = calibration
         self._threshold = calibration.threshold
         self.half = half
         self.max_batch_tiles = max_batch_tiles
         self._tile, self._stride, self._roi = tile, stride, roi
+        self.scale, self.smoothing = scale, smoothing
         self._grids: dict[tuple[tuple[int, int], Roi | None], TileGrid] = {}
-        plan_grid((64, 64), detector.size, tile=tile, stride=stride)  # reject bad settings now
+        if detector.fully_convolutional:
+            if tile is not None or stride is not None:
+                raise TilingError("this model inspects each frame whole, at its own scale: tile size and stride "
+                                  "apply to tile models only")
+            plan_whole((64, 64), scale=scale, map_stride=detector.map_stride)     # reject a bad scale now
+        else:
+            plan_grid((64, 64), detector.size, tile=tile, stride=stride)  # reject bad settings now
 
     # -- settings that may change while running (the GUI's threshold slider and ROI tool) ------
     @property
@@ -121,7 +158,8 @@ class Inspector:
     def copy(self) -> Inspector:
         """An Inspector of its own (threshold, region, tiling) sharing this one's loaded detector."""
         twin = Inspector(self.detector, self.calibration, tile=self._tile, stride=self._stride, roi=self._roi,
-                         half=self.half, max_batch_tiles=self.max_batch_tiles)
+                         half=self.half, max_batch_tiles=self.max_batch_tiles, scale=self.scale,
+                         smoothing=self.smoothing)
         twin._threshold = self._threshold
         return twin
 
@@ -156,7 +194,10 @@ class Inspector:
         if grid is None:
             if len(self._grids) > 64:    # regions drawn one after another: keep the cache small
                 self._grids = {}
-            grid = plan_grid(key[0], self.detector.size, tile=self._tile, stride=self._stride, roi=roi)
+            if self.detector.fully_convolutional:
+                grid = plan_whole(key[0], scale=self.scale, map_stride=self.detector.map_stride, roi=roi)
+            else:
+                grid = plan_grid(key[0], self.detector.size, tile=self._tile, stride=self._stride, roi=roi)
             self._grids[key] = grid
         return grid
 
@@ -201,14 +242,15 @@ class Inspector:
                 results[i] = self._error(frame, _reason(exc), threshold)
                 continue
             cut.append((i, grid, frame_tiles))
+        score = self._score_whole if self.detector.fully_convolutional else self._score
         try:
-            self._score(frames, cut, results, threshold)
+            score(frames, cut, results, threshold)
         except Exception:
             if len(cut) < 2:
                 raise
             for one in cut:
                 try:
-                    self._score(frames, [one], results, threshold)
+                    score(frames, [one], results, threshold)
                 except Exception as exc:
                     results[one[0]] = self._error(frames[one[0]], _reason(exc), threshold)
         return results  # type: ignore[return-value]
@@ -247,6 +289,32 @@ class Inspector:
             results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
                                      score=worst, normalised=float(calibration.normalise(worst)),
                                      threshold=threshold, tile_scores=raw, grid=grid, heat_scaled=heat,
+                                     heat_threshold=float(calibration.normalise(threshold)),
+                                     embeddings=emb, thumbnail=frame.prepared.get("thumbnail"))
+
+    def _score_whole(self, frames: list[Frame], cut: list[tuple[int, TileGrid, np.ndarray]],
+                     results: list[FrameResult | None], threshold: float) -> None:
+        """A fully convolutional model: each region (at the model's scale) in one pass, its map
+        smoothed; the frame's score is the map's maximum."""
+        if not cut:
+            return
+        calibration = self.calibration
+        answers = map_images(self.detector, [region[0] for _, _, region in cut], half=self.half)
+        for (i, grid, _), answer in zip(cut, answers, strict=True):
+            frame = frames[i]
+            raw = smooth_map(answer.map, self.smoothing)
+            worst = float(raw.max())
+            if not math.isfinite(worst):
+                results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
+                                         error=NON_FINITE, score=worst, threshold=threshold, grid=grid,
+                                         thumbnail=frame.prepared.get("thumbnail"))
+                continue
+            emb = None if answer.embeddings is None else answer.embeddings.reshape(-1, answer.embeddings.shape[-1])
+            results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
+                                     score=worst, normalised=float(calibration.normalise(worst)),
+                                     threshold=threshold, tile_scores=raw.ravel(), grid=grid,
+                                     heat_scaled=calibration.normalise(raw).astype(np.float32),
+                                     heat_threshold=float(calibration.normalise(threshold)),
                                      embeddings=emb, thumbnail=frame.prepared.get("thumbnail"))
 
 

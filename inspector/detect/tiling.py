@@ -8,6 +8,11 @@ inspected whole: one tile, the whole region resized to the model's input.
 Resizing happens once per frame, not once per tile: the region is scaled so that a tile becomes
 exactly the model's input size, and the tiles are gathered from it with one fancy-indexing step.
 The last row and column of tiles are shifted to end at the region's edge, so every pixel is covered.
+
+A fully convolutional model (on backbone features) is not tiled: the region, resized by the model's
+scale, goes through whole (``plan_whole``) and its map has one cell per ``map_stride`` pixels.
+Either way a grid knows how many frame pixels one cell of its heat map covers (``cell``), and
+``resample`` brings a heat map to any resolution from that alone.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 
 from ..base.errors import InspectorError
 from .heatmap import SMOOTHING_SIGMA
-from .tensors import fit_tile
+from .tensors import at_scale, fit_tile
 
 Roi = tuple[int, int, int, int]  # x, y, width, height in frame pixels
 
@@ -39,9 +44,16 @@ class TileGrid:
     scaled_shape: tuple[int, int]   # (h, w) of the region resized so that a tile is ``size`` pixels
     offsets: np.ndarray             # (n, 2) int: (y, x) of each tile in the scaled region
     boxes: np.ndarray               # (n, 4) int: x0, y0, x1, y1 of each tile in the frame
+    cell: tuple[float, float] = (1.0, 1.0)   # frame pixels (y, x) one cell of the heat map covers
+    scale: float | None = None      # whole-region grids: the region is resized by this
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    @property
+    def whole(self) -> bool:
+        """The region goes to a fully convolutional model whole, at ``scale``."""
+        return self.scale is not None
 
 
 def _clip_roi(frame_shape: tuple[int, int], roi: Roi | None) -> Roi:
@@ -75,7 +87,8 @@ def plan_grid(frame_shape: tuple[int, int], size: int, *, tile: int | None = Non
     x, y, w, h = _clip_roi(frame_shape, roi)
     if tile is None:
         return TileGrid(tuple(frame_shape), (x, y, w, h), size, None, (size, size),
-                        np.zeros((1, 2), np.int64), np.array([[x, y, x + w, y + h]], np.int64))
+                        np.zeros((1, 2), np.int64), np.array([[x, y, x + w, y + h]], np.int64),
+                        cell=(h / size, w / size))
     t = min(tile, w, h)
     s = stride or t
     ys, xs = _starts(h, t, s), _starts(w, t, s)
@@ -86,7 +99,18 @@ def plan_grid(frame_shape: tuple[int, int], size: int, *, tile: int | None = Non
     offsets = np.stack([np.minimum(np.round(gy * scale).astype(np.int64), hs - size),
                         np.minimum(np.round(gx * scale).astype(np.int64), ws - size)], axis=1)
     boxes = np.stack([x + gx, y + gy, x + gx + t, y + gy + t], axis=1).astype(np.int64)
-    return TileGrid(tuple(frame_shape), (x, y, w, h), size, t, (hs, ws), offsets, boxes)
+    return TileGrid(tuple(frame_shape), (x, y, w, h), size, t, (hs, ws), offsets, boxes, cell=(h / hs, w / ws))
+
+
+def plan_whole(frame_shape: tuple[int, int], *, scale: float, map_stride: int, roi: Roi | None = None) -> TileGrid:
+    """The grid of a fully convolutional model: the region resized by ``scale``, in one piece."""
+    if not scale > 0:
+        raise TilingError(f"the model's scale must be positive, got {scale}")
+    x, y, w, h = _clip_roi(frame_shape, roi)
+    hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
+    cell = (map_stride * h / hs, map_stride * w / ws)
+    return TileGrid(tuple(frame_shape), (x, y, w, h), map_stride, None, (hs, ws), np.zeros((1, 2), np.int64),
+                    np.array([[x, y, x + w, y + h]], np.int64), cell=cell, scale=scale)
 
 
 def _pixel_index(grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
@@ -96,12 +120,15 @@ def _pixel_index(grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cut_tiles(image: np.ndarray, grid: TileGrid, channels: int) -> np.ndarray:
-    """The tiles of a uint8 BGR frame as model input: (n, S, S, channels) uint8."""
+    """The tiles of a uint8 BGR frame as model input: (n, S, S, channels) uint8; for a whole-region
+    grid, the region at the model's scale: (1, hs, ws, channels)."""
     if image.shape[:2] != grid.frame_shape:
         raise TilingError(f"frame is {image.shape[1]}x{image.shape[0]}, the grid was planned for "
                          f"{grid.frame_shape[1]}x{grid.frame_shape[0]}")
     x, y, w, h = grid.roi
     region = image[y:y + h, x:x + w]
+    if grid.whole:
+        return at_scale(region, grid.scale, channels)[None]
     if grid.tile is None:
         return fit_tile(region, grid.size, channels)[None]
     hs, ws = grid.scaled_shape
@@ -151,17 +178,40 @@ def smooth_maps(maps: np.ndarray) -> np.ndarray:
     return out
 
 
-def heat_image(grid: TileGrid, scaled: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """The stitched heat map at frame resolution, or at ``shape`` (H, W) for a thumbnail: float32.
+def resample(heat: np.ndarray, cells_per_pixel: tuple[float, float], size: tuple[int, int],
+             first_row: int = 0) -> np.ndarray:
+    """``heat`` (one value a cell) at ``size`` (w, h) output pixels, ``cells_per_pixel`` (y, x) cells for
+    each output pixel, bilinear, starting at output row ``first_row`` (for drawing in bands).
 
-    Pixels outside the region of interest are 0.
+    What ``cv2.resize`` does when the map spans the output exactly, and right also where it does not
+    (a padded image's map reaches past the region by part of a cell).
     """
+    sy, sx = cells_per_pixel
+    to_source = np.float32([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, (first_row + 0.5) * sy - 0.5]])
+    return cv2.warpAffine(np.ascontiguousarray(heat, np.float32), to_source, size,
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
+
+def region_placement(grid: TileGrid, shape: tuple[int, int] | None = None
+                     ) -> tuple[tuple[int, int, int, int], tuple[float, float]]:
+    """Where the region lies in an output of ``shape`` (H, W; default the frame's) — (x0, y0, x1, y1) —
+    and how many heat cells (y, x) each output pixel spans there."""
     fh, fw = grid.frame_shape
     h, w = shape or (fh, fw)
     x, y, rw, rh = grid.roi
     x0, y0 = round(x * w / fw), round(y * h / fh)
     x1, y1 = max(x0 + 1, round((x + rw) * w / fw)), max(y0 + 1, round((y + rh) * h / fh))
-    region = cv2.resize(scaled, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return (x0, y0, x1, y1), ((rh / (y1 - y0)) / grid.cell[0], (rw / (x1 - x0)) / grid.cell[1])
+
+
+def heat_image(grid: TileGrid, scaled: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The heat map at frame resolution, or at ``shape`` (H, W) for a thumbnail: float32.
+
+    Pixels outside the region of interest are 0.
+    """
+    h, w = shape or grid.frame_shape
+    (x0, y0, x1, y1), cells = region_placement(grid, (h, w))
+    region = resample(scaled, cells, (x1 - x0, y1 - y0))
     if (x0, y0, x1, y1) == (0, 0, w, h):
         return region
     heat = np.zeros((h, w), np.float32)

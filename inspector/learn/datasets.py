@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import InspectorError
-from ..detect.tensors import fit_tile
+from ..detect.tensors import at_scale, fit_tile
 from ..frames.images import ImageReadError, decode_workers, is_grey, is_image_file, read_image
 from ..frames.listing import display_name, walk
 
@@ -140,6 +140,40 @@ def load_tiles(paths: Sequence[Path], *, size: int, channels: int,
         log.warning("%d of %d images could not be read and were skipped", len(errors), len(paths))
     arr = np.stack(tiles) if tiles else np.zeros((0, size, size, channels), np.uint8)
     return LoadedTiles(arr, kept, shapes, errors)
+
+
+@dataclass
+class LoadedImages:
+    images: list[np.ndarray]           # uint8 (H, W, C) at the scale asked for, aspect ratio kept
+    paths: list[Path]                  # the files that were read, in the order of ``images``
+    shapes: list[tuple[int, int]]      # original (H, W) of each image
+    errors: list[tuple[Path, str]]     # files skipped, with the reason
+
+
+def load_images(paths: Sequence[Path], *, scale: float = 1.0, channels: int = 3,
+                progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> LoadedImages:
+    """Decode images in a thread pool and bring each to ``scale`` (``tensors.at_scale``, the resampling
+    inspection uses); unreadable files are skipped, logged and returned in ``errors``."""
+    def load(path: Path):
+        img = read_image(path)
+        return at_scale(img, scale, channels), img.shape[:2]
+
+    images, kept, shapes, errors = [], [], [], []
+    with ThreadPoolExecutor(max_workers=workers or decode_workers()) as pool:
+        futures = [pool.submit(load, p) for p in paths]
+        for i, (path, fut) in enumerate(zip(paths, futures, strict=True)):
+            try:
+                image, shape = fut.result()
+            except ImageReadError as exc:
+                errors.append((path, str(exc).removeprefix(f"{path}: ")))
+                log.warning("skipped unreadable image %s", exc)
+            else:
+                images.append(image)
+                kept.append(path)
+                shapes.append(shape)
+            if progress:
+                progress(i + 1, len(paths))
+    return LoadedImages(images, kept, shapes, errors)
 
 
 def detect_channels(paths: Sequence[Path], sample: int = 16) -> int:

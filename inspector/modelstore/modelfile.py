@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,11 @@ def _check_metadata(meta: dict[str, Any]) -> None:
     """Every key the program relies on, present and usable; ValueError with the first defect."""
     _require(meta, "method", str)
     inp = _require(meta, "input", dict)
-    size = _require(inp, "size", int, "input.")
-    if size < 1:
-        raise ValueError(f"its input size is {size}")
+    if "size" not in inp:
+        raise ValueError("its metadata lacks 'input.size'")
+    size = inp["size"]        # None: a fully convolutional model (any size)
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise ValueError(f"its input size is not valid ({size!r})")
     if _require(inp, "channels", int, "input.") not in (1, 3):
         raise ValueError(f"its input has {inp['channels']} channels (1 or 3 expected)")
     if not isinstance(meta.get("hparams", {}), dict):
@@ -124,6 +127,11 @@ def _check_metadata(meta: dict[str, Any]) -> None:
         value = made_for.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"its recommended {key} is not a positive whole number ({value!r})")
+    for key, low in (("scale", 0.0), ("smoothing", -1.0)):
+        value = made_for.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value) or value <= low):
+            raise ValueError(f"its {key} is not a valid number ({value!r})")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

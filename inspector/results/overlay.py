@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from ..detect.pipeline import NG, OK, FrameResult
+from ..detect.tiling import TileGrid, region_placement, resample
 
 COLOURMAPS = {"turbo": cv2.COLORMAP_TURBO, "jet": cv2.COLORMAP_JET, "inferno": cv2.COLORMAP_INFERNO,
               "viridis": cv2.COLORMAP_VIRIDIS, "hot": cv2.COLORMAP_HOT}
@@ -34,25 +35,14 @@ def colour_lut(colourmap: str = "turbo") -> np.ndarray:
     return cv2.applyColorMap(levels, COLOURMAPS[colourmap])[:, 0, ::-1].copy()
 
 
-def heat_band(scaled: np.ndarray, size: tuple[int, int], rows: tuple[int, int]) -> np.ndarray:
-    """Rows [r0, r1) of ``scaled`` resized to ``size`` (w, h) with bilinear interpolation, as
-    ``cv2.resize`` would give them, without making the whole resized map."""
-    (w, h), (r0, r1) = size, rows
-    hs, ws = scaled.shape[:2]
-    sx, sy = ws / w, hs / h
-    to_source = np.float32([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, (r0 + 0.5) * sy - 0.5]])
-    return cv2.warpAffine(scaled, to_source, (w, r1 - r0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
-
-
-def blend_heat(out: np.ndarray, roi: tuple[int, int, int, int], scaled: np.ndarray, alpha: float,
-               colourmap: str = "turbo") -> None:
-    """Blend the coloured heat map (the region's ``scaled`` map) into ``out`` over the region, in place."""
-    x, y, w, h = roi
-    for r0 in range(0, h, BAND_ROWS):
-        r1 = min(h, r0 + BAND_ROWS)
-        band = out[y + r0:y + r1, x:x + w]
-        colour = colour_heat(heat_band(scaled, (w, h), (r0, r1)), colourmap)
+def blend_heat(out: np.ndarray, grid: TileGrid, heat: np.ndarray, alpha: float, colourmap: str = "turbo") -> None:
+    """Blend the coloured heat map into ``out`` (the frame) over the grid's region, in place, a band of
+    rows at a time."""
+    (x0, y0, x1, y1), cells = region_placement(grid)
+    for r0 in range(0, y1 - y0, BAND_ROWS):
+        r1 = min(y1 - y0, r0 + BAND_ROWS)
+        band = out[y0 + r0:y0 + r1, x0:x1]
+        colour = colour_heat(resample(heat, cells, (x1 - x0, r1 - r0), first_row=r0), colourmap)
         band[...] = cv2.addWeighted(colour, alpha, band, 1.0 - alpha, 0.0)
 
 
@@ -63,7 +53,7 @@ def render(result: FrameResult, *, heat: bool = True, alpha: float = 0.4, colour
         raise ValueError(f"{result.item}: no image to draw on ({result.error})")
     out = result.image.copy()
     if heat and result.heat_scaled is not None and alpha > 0:
-        blend_heat(out, result.grid.roi, result.heat_scaled, alpha, colourmap)
+        blend_heat(out, result.grid, result.heat_scaled, alpha, colourmap)
     thickness = max(1, round(max(out.shape[:2]) / 400))
     if boxes:
         for x0, y0, x1, y1 in result.flagged_boxes():

@@ -1,0 +1,101 @@
+"""Memory bank of good patches; the distance to the nearest one is the anomaly score (PatchCore,
+Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+
+Fitting keeps a coreset of the good training images' patch descriptors: greedy k-centre selection
+(each next patch is the one farthest from all kept so far), run on a random projection of the
+descriptors as the paper does, so that a few percent of the patches cover what the whole set
+covers.  A patch's score is its Euclidean distance to the nearest patch of the bank; an image's
+score is its worst patch's.  No labels and no gradient steps: the reference when an operator has
+no labelled defects, and Inspector's default detector.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .base import Inference, TrainingDefaults, register
+from .features import FeatureDetector, map_max
+
+#: Queries scored against the bank at once (bounds the distance matrix: 4096 x bank floats).
+_QUERY_CHUNK = 4096
+
+
+def greedy_coreset(x: torch.Tensor, m: int, *, projection: int = 128,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices of ``m`` rows of ``x`` (N, D) chosen by greedy k-centre selection on a random projection."""
+    n = len(x)
+    if m >= n:
+        return torch.arange(n, device=x.device)
+    z = x.float()
+    if projection and projection < x.shape[1]:
+        matrix = torch.randn(x.shape[1], projection, generator=generator, device="cpu").to(x.device)
+        z = z @ (matrix / math.sqrt(projection))
+    z = z.contiguous()
+    sq = z.pow(2).sum(1)
+    start = int(torch.randint(n, (1,), generator=generator).item())
+    chosen = torch.empty(m, dtype=torch.long, device=x.device)
+    chosen[0] = start
+    # ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2: one matrix-vector product a step, no (N, D) temporaries.
+    nearest = sq - 2.0 * (z @ z[start]) + sq[start]
+    for i in range(1, m):
+        far = int(torch.argmax(nearest))
+        chosen[i] = far
+        torch.minimum(nearest, sq - 2.0 * (z @ z[far]) + sq[far], out=nearest)
+    return chosen
+
+
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance from each query (N, D) to its nearest bank row (M, D): (N,)."""
+    bank_sq = bank.pow(2).sum(1)
+    out = torch.empty(len(queries), device=queries.device)
+    for start in range(0, len(queries), _QUERY_CHUNK):
+        q = queries[start:start + _QUERY_CHUNK].float()
+        d2 = q.pow(2).sum(1, keepdim=True) - 2.0 * (q @ bank.T) + bank_sq
+        out[start:start + _QUERY_CHUNK] = d2.amin(dim=1).clamp_min(0.0).sqrt()
+    return out
+
+
+@register
+class PatchCore(FeatureDetector):
+    method = "patchcore"
+    gradient_free = True
+    defaults = TrainingDefaults(epochs=1, steps_per_epoch=1, batch_size=1, size=None)
+
+    def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
+                 stages: Sequence[int] = (3, 6), pool: int = 3, coreset_ratio: float = 0.1,
+                 max_bank: int = 2048, max_patches: int = 50_000, projection: int = 128) -> None:
+        super().__init__(size=size, channels=channels, backbone=backbone, stages=stages, pool=pool)
+        if not 0.0 < coreset_ratio <= 1.0:
+            raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
+        self.coreset_ratio, self.max_bank, self.max_patches = coreset_ratio, max_bank, max_patches
+        self.projection = projection
+        self.register_buffer("bank", torch.zeros(0, self.feature_dim))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """The bank's size is what fitting chose: take it from the file."""
+        stored = state_dict.get(prefix + "bank")
+        if stored is not None:
+            self.bank = torch.empty_like(stored, device=self.bank.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def fit_features(self, normal: list[torch.Tensor], *, generator: torch.Generator | None = None) -> dict:
+        patches = torch.cat([f.flatten(1).T for f in normal])
+        seen = len(patches)
+        if seen > self.max_patches:
+            keep = torch.randperm(seen, generator=generator)[: self.max_patches].to(patches.device)
+            patches = patches[keep]
+        m = min(self.max_bank, max(1, round(self.coreset_ratio * len(patches))))
+        chosen = greedy_coreset(patches, m, projection=self.projection, generator=generator)
+        self.bank = patches[chosen].float().contiguous()
+        return {"patches": seen, "pool": len(patches), "bank": m}
+
+    def score_features(self, features: torch.Tensor) -> Inference:
+        if len(self.bank) == 0:
+            raise RuntimeError("the memory bank is empty: fit the detector first")
+        b, d, h, w = features.shape
+        queries = features.permute(0, 2, 3, 1).reshape(-1, d)
+        maps = nearest_distance(queries, self.bank).view(b, 1, h, w)
+        return Inference(scores=map_max(maps), maps=maps)

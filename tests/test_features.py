@@ -1,0 +1,188 @@
+"""The frozen backbone, the memory-bank detector on its patch features, and whole-region inspection."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import texture
+
+import models
+from inspector.app.jobs import TrainOptions, summarise_seeds, train_model
+from inspector.detect.pipeline import Inspector
+from inspector.detect.tiling import TilingError
+from inspector.frames.frame import Frame
+from inspector.learn.backbones import BackboneWeightsError, pretrained_backbone, read_weights
+from inspector.learn.datasets import discover
+from inspector.learn.splits import make_split
+from inspector.modelstore.modelfile import load_model, save_model
+from models import patchcore
+from models.backbone import build_backbone
+from models.patchcore import greedy_coreset, nearest_distance
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return pretrained_backbone("efficientnet_lite0", (3, 5))
+
+
+def test_lite0_takes_the_shipped_imagenet_weights_frozen_and_any_size(lite0):
+    assert not any(p.requires_grad for p in lite0.parameters())
+    lite0.train()
+    assert not lite0.training                       # ImageNet's batch-norm statistics, always
+    x = torch.rand(2, 3, 64, 96) * 2 - 1
+    a, b = lite0(x)
+    assert a.shape == (2, 40, 8, 12) and b.shape == (2, 112, 4, 6)
+    untrained = build_backbone("efficientnet_lite0", (3, 5)).eval()
+    assert not torch.allclose(untrained(x)[0], a)    # the weights were really loaded
+
+
+def test_grey_images_go_through_the_rgb_backbone_as_three_equal_channels(lite0):
+    grey = torch.rand(1, 1, 32, 32) * 2 - 1
+    for got, want in zip(lite0(grey), lite0(grey.expand(-1, 3, -1, -1)), strict=True):
+        assert torch.allclose(got, want)
+
+
+def test_backbone_weights_that_are_missing_wrong_or_tampered_are_refused(tmp_path):
+    with pytest.raises(BackboneWeightsError, match="no such backbone weights file"):
+        read_weights(tmp_path / "absent.pth")
+    wrong = tmp_path / "resnet18.pth"
+    torch.save(build_backbone("resnet18", (2, 3)).state_dict(), wrong)
+    with pytest.raises(BackboneWeightsError, match="efficientnet|missing|shape|key"):
+        pretrained_backbone("efficientnet_lite0", (3, 5), wrong)
+    tampered = tmp_path / "resnet18-0123abcd.pth"           # the name promises a checksum the bytes lack
+    tampered.write_bytes(wrong.read_bytes())
+    with pytest.raises(BackboneWeightsError, match="do not match the checksum"):
+        read_weights(tampered)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a weights file")
+    with pytest.raises(BackboneWeightsError, match="not a readable weights file"):
+        read_weights(junk)
+    nan = tmp_path / "nan.pth"
+    state = build_backbone("resnet18", (2, 3)).state_dict()
+    state["conv1.weight"][0, 0, 0, 0] = math.nan
+    torch.save(state, nan)
+    with pytest.raises(BackboneWeightsError, match="NaN"):
+        read_weights(nan)
+    with pytest.raises(BackboneWeightsError, match="needs its weights file"):
+        pretrained_backbone("wide_resnet50_2")
+
+
+def test_greedy_coreset_takes_one_point_from_each_cluster_first():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(50, 2, generator=g) for c in centres])
+    chosen = greedy_coreset(points, 4, projection=0, generator=g)
+    assert sorted((chosen // 50).tolist()) == [0, 1, 2, 3]
+    assert len(greedy_coreset(points, 500, generator=g)) == len(points)   # asking for more keeps all
+
+
+def test_nearest_distance_matches_brute_force_across_query_chunks(monkeypatch):
+    monkeypatch.setattr(patchcore, "_QUERY_CHUNK", 7)
+    g = torch.Generator().manual_seed(1)
+    queries, bank = torch.randn(30, 5, generator=g), torch.randn(11, 5, generator=g)
+    want = torch.cdist(queries, bank).amin(dim=1)
+    assert torch.allclose(nearest_distance(queries, bank), want, atol=1e-4)
+
+
+# -- a memory bank trained on generated parts, inspected whole ------------------------------------------
+H, W = 144, 208             # not multiples of the backbone's 32: padded, and the padding cut off again
+
+
+def spot(img: np.ndarray, centre: tuple[int, int]) -> np.ndarray:
+    out = img.copy()
+    cv2.circle(out, centre, 5, (30, 30, 30), -1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("parts")
+    for rel, n in (("train/good", 60), ("test/good", 6), ("test/spot", 6)):
+        (root / rel).mkdir(parents=True)
+        for i in range(n):
+            img = cv2.resize(texture(rng, 96), (W, H))
+            if rel == "test/spot":
+                img = spot(img, (int(rng.integers(12, W - 12)), int(rng.integers(12, H - 12))))
+            cv2.imwrite(str(root / rel / f"{i:02d}.png"), img)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bank_model(parts):
+    return train_model(TrainOptions(data=parts, method="default", device="cpu", smoothing=1.0))
+
+
+def test_default_method_is_the_memory_bank_fitted_on_goods_alone(bank_model):
+    assert models.get_method("default") is models.get_method("patchcore")
+    detector = bank_model.detector
+    assert detector.method == "patchcore" and detector.fully_convolutional
+    t = bank_model.metadata["training"]
+    assert t["n_calibration_good"] == 30 and t["n_train_good"] == 30     # half held out: fewer than 100 goods
+    assert 0 < len(detector.bank) <= detector.max_bank
+    assert bank_model.metadata["inspection"] == {"scale": 1.0, "smoothing": 1.0}
+
+
+def test_the_heat_map_locates_a_spot_and_the_box_surrounds_it(bank_model):
+    inspector = bank_model.inspector()
+    rng = np.random.default_rng(5)
+    good = cv2.resize(texture(rng, 96), (W, H))
+    bad = spot(good, (140, 60))
+    ok, ng = inspector.inspect_batch([Frame(good, "good", 0, 0.0), Frame(bad, "bad", 1, 0.0)])
+    assert ok.error is None and ng.error is None
+    assert ng.score > ok.score and ng.verdict == "NG"
+    heat = ng.heat
+    assert heat.shape == (H, W)
+    y, x = np.unravel_index(np.argmax(heat), heat.shape)
+    assert abs(x - 140) <= 6 and abs(y - 60) <= 6           # the hottest pixel is on the spot
+    boxes = ng.flagged_boxes()
+    assert len(boxes) >= 1
+    x0, y0, x1, y1 = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))]
+    assert x0 <= 140 <= x1 and y0 <= 60 <= y1 and x0 > 48        # around the spot, not the whole part
+    assert heat[55:66, 135:146].mean() > 4 * heat[:, :60].mean()
+
+
+def test_a_region_of_interest_limits_the_whole_region_map(bank_model):
+    inspector = bank_model.inspector(roi=(16, 16, 128, 96))
+    clean = cv2.resize(texture(np.random.default_rng(9), 96), (W, H))
+    spotted = spot(clean, (180, 120))                                  # outside the region
+    a, b = inspector.inspect_batch([Frame(clean, "a", 0, 0.0), Frame(spotted, "b", 1, 0.0)])
+    assert b.heat.shape == (H, W) and b.heat[:, 144:].max() == 0 and b.heat[:16].max() == 0
+    assert b.score == a.score
+
+
+def test_tile_settings_are_refused_for_a_whole_region_model(bank_model):
+    with pytest.raises(TilingError, match="tile models only"):
+        Inspector(bank_model.detector, bank_model.calibration, tile=32)
+
+
+def test_a_bank_model_file_round_trips_with_its_bank_and_backbone(bank_model, tmp_path):
+    path = save_model(tmp_path / "pc.safetensors", bank_model.detector, bank_model.metadata)
+    assert path.stat().st_size < 16 * 2**20             # Lite0 to stage 6 and the bank
+    loaded, meta = load_model(path)
+    assert torch.equal(loaded.bank, bank_model.detector.bank)
+    x = torch.rand(1, 3, 64, 96) * 2 - 1
+    assert torch.allclose(loaded.infer(x).maps, bank_model.detector.infer(x).maps)
+    assert meta["inspection"] == bank_model.metadata["inspection"]
+
+
+def test_the_validation_protocol_never_looks_at_test(tiny_mvtec):
+    dataset = discover(tiny_mvtec)
+    split = make_split(dataset, anomaly_fraction=0.2, rng=np.random.default_rng(0), protocol="validation")
+    held = {item.path for item in split.evaluation}
+    assert held and all("train" in p.relative_to(tiny_mvtec).parts[0] for p in held)
+    assert not held & set(split.train_good + split.calibration_good + split.labelled)
+    assert {item.label for item in split.evaluation} == {"good", "blob"}
+
+
+def test_several_seeds_are_summarised_as_mean_and_sample_deviation():
+    runs = [{"seed": s, "method": "m", "image_auroc": a, "pixel_auroc": None, "false_alarm_rate": 0.0,
+             "recall": 1.0, "train_seconds": 1.0, "score_ms_per_image": 2.0, "auroc_per_type": {"x": a}}
+            for s, a in ((0, 0.90), (1, 0.94), (2, 0.98))]
+    summary = summarise_seeds(runs)
+    assert summary["seeds"] == [0, 1, 2] and summary["method"] == "m"
+    assert summary["image_auroc"] == pytest.approx(0.94) and summary["image_auroc_sd"] == pytest.approx(0.04)
+    assert summary["pixel_auroc"] is None and summary["auroc_per_type"]["x"] == pytest.approx(0.94)
+    assert len(summary["runs"]) == 3
