@@ -9,15 +9,26 @@ def fmt(x, digits=3):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def spread(r, key):
+    """The figure, with its standard deviation over seeds where the run had several."""
+    sd = r.get(f"{key}_sd")
+    return fmt(r[key]) if sd is None or r[key] is None else f"{r[key]:.3f} ± {sd:.3f}"
+
+
 def main(paths: list[str]) -> None:
     rows = [json.loads(Path(p).read_text()) for p in paths]
     rows.sort(key=lambda r: (Path(r["data"]).name, r["method"], r["anomaly_fraction"]))
-    print("| set | method | G | train good / defect | image AUROC | pixel AUROC | FAR / recall at threshold "
+    print("| set | method | G | seeds | train good / defect | image AUROC | pixel AUROC | FAR / recall at threshold "
           "| train s | ms / image | device |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {Path(r['data']).name} | {r['method']} | {r['anomaly_fraction']:g} "
-              f"| {r['n_train_good']} / {r['n_train_defect']} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} "
+        seeds = ",".join(map(str, r.get("seeds", [r.get("seed", 0)])))
+        method = r["method"].replace("default", "patchcore")           # bench records what was asked for
+        if r.get("scale", 1.0) != 1.0:
+            method += f" (scale {r['scale']:g})"
+        print(f"| {Path(r['data']).name} | {method} | {r['anomaly_fraction']:g} | {seeds} "
+              f"| {r['n_train_good']} / {r['n_train_defect']} | {spread(r, 'image_auroc')} "
+              f"| {spread(r, 'pixel_auroc')} "
               f"| {fmt(r['false_alarm_rate'], 3)} / {fmt(r['recall'], 3)} | {r['train_seconds']:.0f} "
               f"| {r['score_ms_per_image']:.2f} | {r['device'].split(' ')[0]} |")
 

@@ -419,7 +419,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     result = bench_pipeline(args.model, args.folder, device=args.device, half=args.half, live=live,
                             progress=ProgressBar())
     _write_json(args.json, result)
-    for key in ("model", "method", "folder", "n_files", "device", "live_tile", "live_tiles_per_frame",
+    for key in ("model", "method", "folder", "n_files", "device", "live_tile", "live_tiles_per_frame", "live_scale",
                 "live_frames", "live_dropped", "overlay_ms"):
         print(f"{key}={result[key]}")
     print(f"folder_items_per_s={result['folder_items_per_s']:.2f} "

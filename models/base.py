@@ -46,6 +46,9 @@ class TrainBatch:
     anomalous: torch.Tensor | None = None
     anomalous_is_real: torch.Tensor | None = None
     anomalous_masks: torch.Tensor | None = None
+    #: Passes over the normal training tiles so far, counting this batch's (1 during the first):
+    #: a schedule in the paper's epochs (EDE's 1/n) reads this, not the engine's epoch.
+    data_pass: int = 1
 
 
 @dataclass

@@ -115,6 +115,72 @@ def test_ede_losses_on_hand_made_tensors():
     assert (l1.item(), l2.item()) == pytest.approx((rec1, rec2))
 
 
+class _RecordGradients:
+    """An optimiser stand-in that keeps the gradients a step computed instead of applying them."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.module.parameters():
+            p.grad = None
+
+    def step(self):
+        pass
+
+
+def _grads(loss, params):
+    return [torch.zeros_like(p) if g is None else g
+            for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True),
+                            strict=True)]
+
+
+def test_ede_joint_update_leaves_the_adversarial_game_to_the_decoders():
+    torch.manual_seed(0)
+    det = models.create("ede", size=16, channels=1)
+    det.optimizers = [_RecordGradients(det)]
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    det.training_step(TrainBatch(x, data_pass=4), epoch=1, epochs=1)
+    got = {name: p.grad.clone() for name, p in det.named_parameters()}
+    # expected, from the same forward pass: each path its own loss; the shared encoders the sum
+    l1, l2 = ede_losses(x, det.passes(x), 4)
+    r1, r2 = ede_losses(x, det.passes(x), 4, adversarial=False)
+    for part in ("E1", "E2"):
+        params = list(getattr(det, part).parameters())
+        names = [f"{part}.{n}" for n, _ in getattr(det, part).named_parameters()]
+        joint = [a + b for a, b in zip(_grads(l1, params), _grads(l2, params), strict=True)]
+        reconstruction = [(a + b) / 4 for a, b in zip(_grads(r1, params), _grads(r2, params), strict=True)]
+        for name, want, rec in zip(names, joint, reconstruction, strict=True):
+            assert torch.allclose(got[name], want, atol=1e-6)
+            assert torch.allclose(got[name], rec, atol=1e-5)       # the adversarial terms cancel here ...
+    d2 = [f"D2.{n}" for n, _ in det.D2.named_parameters()]
+    for name, want in zip(d2, _grads(l2, list(det.D2.parameters())), strict=True):
+        assert torch.allclose(got[name], want, atol=1e-6)           # ... and drive the decoders
+    assert not any(torch.allclose(got[n], g, atol=1e-6) for n, g in
+                   zip(d2, _grads(r2 / 4, list(det.D2.parameters())), strict=True) if g.abs().sum() > 0)
+
+
+def test_the_engine_counts_passes_over_the_training_tiles():
+    from conftest import DarknessDetector
+
+    from inspector.learn.training import TrainConfig, TrainingData, train
+
+    seen = []
+
+    class Counting(DarknessDetector):
+        method = "counting"
+
+        def training_step(self, batch, *, epoch, epochs):
+            seen.append((epoch, batch.data_pass))
+            return {}
+
+    normal = np.zeros((100, 16, 16, 3), np.uint8)
+    train(Counting(size=16), TrainingData(normal), TrainConfig(epochs=2, steps_per_epoch=5, batch_size=32, seed=0))
+    # 32 tiles a step over 100: passes 1 1 1 1 | 2 2 2 | 3 3 3 (the engine's epochs are 5 steps)
+    assert [p for _, p in seen] == [1, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert [e for e, _ in seen] == [1] * 5 + [2] * 5
+
+
 def test_ede_score_weight_is_a_knob_at_scoring_time():
     torch.manual_seed(0)
     det = models.create("ede", size=16, channels=1)

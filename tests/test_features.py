@@ -186,3 +186,21 @@ def test_several_seeds_are_summarised_as_mean_and_sample_deviation():
     assert summary["image_auroc"] == pytest.approx(0.94) and summary["image_auroc_sd"] == pytest.approx(0.04)
     assert summary["pixel_auroc"] is None and summary["auroc_per_type"]["x"] == pytest.approx(0.94)
     assert len(summary["runs"]) == 3
+
+
+def test_an_image_too_large_for_one_pass_goes_in_windows_and_keeps_its_geometry(bank_model, monkeypatch):
+    from inspector.detect import scoring
+
+    big = (2 * H, 2 * W)
+    image = spot(cv2.resize(texture(np.random.default_rng(5), 192), big[::-1]), (280, 120))
+    whole = scoring.map_images(bank_model.detector, [image])[0].map
+    monkeypatch.setattr(scoring, "MAX_PASS_PIXELS", 96 * 96)
+    monkeypatch.setattr(scoring, "WINDOW_MARGIN", 64)                 # windows of 256 px: 2 x 3 of them
+    calls = []
+    run = scoring._run
+    monkeypatch.setattr(scoring, "_run", lambda *a: calls.append(a[2][0].shape) or run(*a))
+    windowed = scoring.map_images(bank_model.detector, [image])[0].map
+    assert windowed.shape == whole.shape == (big[0] // 8, big[1] // 8)
+    assert np.isfinite(windowed).all() and len(calls) == 6
+    y, x = np.unravel_index(np.argmax(windowed), windowed.shape)
+    assert abs(8 * x + 4 - 280) <= 12 and abs(8 * y + 4 - 120) <= 12   # the spot is where it was

@@ -26,7 +26,7 @@ def test_a_non_editable_install_finds_the_demo_model(tmp_path):
                     "--no-index", "--target", str(target), str(src)], check=True, capture_output=True)
     shutil.rmtree(src)                  # nothing may come from the source tree
     code = ("from inspector.base.paths import resource; import inspector; "
-            "p = resource('demo-eidn.safetensors'); print(p); assert p.is_file(), p; "
+            "p = resource('demo-patchcore.safetensors'); print(p); assert p.is_file(), p; "
             "assert str(p).startswith(inspector.__path__[0]), p")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(target)})

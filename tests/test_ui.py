@@ -64,9 +64,11 @@ def test_first_launch_runs_the_demo_and_the_view_updates(qtbot, window, settings
     assert update.rgb.shape == (720, 1280, 3)
     assert w.live_view.frame.frame_item.image.shape == (720, 1280, 3)
     assert w.live_view.verdict.text().split()[0] in ("OK", "NG")
-    assert "demo-eidn" in w.model_label.text() and "cpu" in w.device_label.text()
+    assert "demo-patchcore" in w.model_label.text() and "cpu" in w.device_label.text()
     qtbot.waitUntil(lambda: w.fps_label.text() != "— fps", timeout=10_000)
-    assert w.live_view.embedding.embedding            # EIDN: the embedding view
+    assert not w.live_view.embedding.embedding        # the memory bank has no embedding: a score histogram
+    heat = w.live_view.frame.heat_item.image
+    assert heat is not None and heat.shape == (720 // 4, 1280 // 4)     # the map, smooth, over the frame
     w.close()
     assert settings.value("source/kind") == "demo"   # remembered
 
@@ -215,7 +217,7 @@ def test_a_model_that_does_not_load_is_reported_and_the_previous_stays(qtbot, wi
     w.load_model(bad)
     qtbot.waitUntil(lambda: w.banner.isVisible() and "Could not load" in w.banner.text(), timeout=10_000)
     assert "previous model stays active" in w.banner.text()
-    assert w.inspector is before and "demo-eidn" in w.model_label.text()
+    assert w.inspector is before and "demo-patchcore" in w.model_label.text()
 
 
 def test_a_missing_camera_is_reported_and_the_window_stays(qtbot, window):

@@ -144,7 +144,14 @@ class SyntheticSurface:
                 if d.x - offset < self.frame_shape[1]]
 
 
+#: The demo line's chance of a new defect per frame: a defect takes 7 s to cross the view, so at this
+#: rate about half the frames are OK and a defect passes every 10 s or so (the verdict changes, and
+#: moving the threshold visibly matters).
+DEMO_DEFECT_RATE = 0.003
+
+
 def demo_source(*, fps: float = 30.0, seed: int = 0, on_status=None) -> CameraSource:
     """The demo line as a live source: newest frame only, like a real camera."""
-    return CameraSource(DEMO_NAME, keep_latest=True, opener=lambda _spec: SyntheticSurface(fps=fps, seed=seed),
+    return CameraSource(DEMO_NAME, keep_latest=True,
+                        opener=lambda _spec: SyntheticSurface(fps=fps, seed=seed, defect_rate=DEMO_DEFECT_RATE),
                         on_status=on_status)

@@ -300,7 +300,7 @@ def bench(opts: TrainOptions, *, progress: ProgressCallback | None = None,
     metrics = evaluate(trained.inspector(), trained.split.evaluation, root=opts.data, progress=progress)
     t = trained.metadata["training"]
     result = {
-        "method": opts.method, "data": str(opts.data), "protocol": opts.protocol,
+        "method": trained.detector.method, "data": str(opts.data), "protocol": opts.protocol,
         "size": trained.detector.size, "channels": trained.detector.channels, **trained.inspection,
         "anomaly_fraction": opts.anomaly_fraction,
         "n_train_good": t["n_train_good"], "n_train_defect": t["n_train_defect"],

@@ -111,8 +111,11 @@ def bench_pipeline(model: str | Path, folder: str | Path, *, device: str = "auto
                               settings=run_settings(inspector, settings), threshold=inspector.threshold)
         folder_run = run_inspection(inspector, FolderSource(files), store, run, progress=progress)
 
-        live_inspector = Inspector(inspector.detector, inspector.calibration, tile=live.tile, stride=live.stride,
-                                   half=half)
+        if inspector.detector.fully_convolutional:
+            live_inspector = inspector.copy()       # each frame whole, at the model's own scale
+        else:
+            live_inspector = Inspector(inspector.detector, inspector.calibration, tile=live.tile,
+                                       stride=live.stride, half=half)
         frames = mosaic_frames(files, live.tile)
         latencies: list[float] = []
         last: list[FrameResult] = []
@@ -144,6 +147,7 @@ def bench_pipeline(model: str | Path, folder: str | Path, *, device: str = "auto
         "live_frame": f"{LIVE_SHAPE[1]}x{LIVE_SHAPE[0]}", "live_tile": live.tile,
         "live_stride": live.stride or live.tile,
         "live_tiles_per_frame": len(live_inspector.grid(LIVE_SHAPE)), "live_camera_fps": live.camera_fps,
+        "live_scale": live_inspector.scale if inspector.detector.fully_convolutional else None,
         "live_frames": live_run.items, "live_dropped": live_run.dropped, "live_fps": live_run.items_per_second,
         "live_latency_p50_ms": float(np.percentile(timed, 50)), "live_latency_p95_ms": float(np.percentile(timed, 95)),
         "overlay_ms": round(float(np.median(overlay_ms)), 2), "device": device_name(inspector.detector.device),

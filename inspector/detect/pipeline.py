@@ -86,7 +86,7 @@ class FrameResult:
     def flagged_boxes(self) -> np.ndarray:
         """Boxes (x0, y0, x1, y1 in frame pixels) around the connected regions of the heat map over the
         threshold: around each defect, not around tiles."""
-        if self.grid is None or self.heat_scaled is None or self.error is not None:
+        if self.grid is None or self.heat_scaled is None or self.verdict != NG:
             return np.zeros((0, 4), np.int64)
         return flagged_regions(self.grid, self.heat_scaled, self.heat_threshold)
 
@@ -113,12 +113,18 @@ def smooth_map(heat: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(heat, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
 
 
+#: A whole-region model's heat map is smoothed by at most this many cells for showing: the frame's
+#: score may take a wider smoothing (a steadier maximum), but a map that wide no longer outlines a crack.
+HEAT_SMOOTHING = 1.0
+
+
 class Inspector:
     """A detector ready to inspect frames: calibration, tiling or scale, region of interest, precision.
 
     Tile models (``detector.size``) are tiled by ``tile`` / ``stride`` frame pixels; a fully
     convolutional model sees the whole region resized by ``scale`` and its map is smoothed by
-    ``smoothing`` cells before the frame's score (the map's maximum) is taken.
+    ``smoothing`` cells before the frame's score (the map's maximum) is taken; the heat map shown
+    is smoothed by at most ``HEAT_SMOOTHING`` cells.
     """
 
     def __init__(self, detector: Detector, calibration: Calibration, *, tile: int | None = None,
@@ -304,6 +310,7 @@ class Inspector:
             frame = frames[i]
             raw = smooth_map(answer.map, self.smoothing)
             worst = float(raw.max())
+            shown = smooth_map(answer.map, min(self.smoothing, HEAT_SMOOTHING))
             if not math.isfinite(worst):
                 results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
                                          error=NON_FINITE, score=worst, threshold=threshold, grid=grid,
@@ -313,7 +320,7 @@ class Inspector:
             results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
                                      score=worst, normalised=float(calibration.normalise(worst)),
                                      threshold=threshold, tile_scores=raw.ravel(), grid=grid,
-                                     heat_scaled=calibration.normalise(raw).astype(np.float32),
+                                     heat_scaled=calibration.normalise(shown).astype(np.float32),
                                      heat_threshold=float(calibration.normalise(threshold)),
                                      embeddings=emb, thumbnail=frame.prepared.get("thumbnail"))
 

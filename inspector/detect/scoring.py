@@ -72,8 +72,9 @@ def score_tiles(detector: Detector, tiles: np.ndarray, *, batch_size: int = 64, 
 #: A fully convolutional detector sees at most this many pixels at once (bounds its activations'
 #: memory); a larger image goes through in overlapping windows.
 MAX_PASS_PIXELS = 2_000_000
-#: Each window's border cut off when windows are stitched: past the backbone's reach of context.
-WINDOW_MARGIN = 64
+#: Each window's border cut off when windows are stitched: a cell this far from a window's edge sees
+#: nearly all the context it would see in one pass (a deep stage's receptive field is wider still).
+WINDOW_MARGIN = 128
 
 
 @dataclass

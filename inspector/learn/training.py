@@ -181,7 +181,9 @@ def train(detector: Detector, data: TrainingData, config: TrainConfig, *,
         for step in range(1, config.steps_per_epoch + 1):
             if should_cancel is not None and should_cancel():
                 raise TrainingCancelled(f"training cancelled in epoch {epoch}, step {step}")
-            losses = detector.training_step(sampler(config.batch_size), epoch=epoch, epochs=config.epochs)
+            batch = sampler(config.batch_size)
+            batch.data_pass = 1 + steps_done * config.batch_size // len(data.normal)
+            losses = detector.training_step(batch, epoch=epoch, epochs=config.epochs)
             steps_done += 1
             elapsed = time.perf_counter() - t0
             if progress is not None:

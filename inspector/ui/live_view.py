@@ -30,8 +30,12 @@ from PySide6.QtWidgets import (
 )
 
 from ..detect.pipeline import NG, FrameResult
+from ..detect.tiling import region_placement, resample
 from ..results.overlay import COLOURMAPS, colour_lut
 from .workers import LiveUpdate
+
+#: The live heat map is drawn at one pixel for this many frame pixels (each way).
+HEAT_STEP = 4
 
 TRACE_LENGTH = 300
 EMBEDDING_POINTS = 1500
@@ -74,8 +78,13 @@ class FrameView(pg.GraphicsLayoutWidget):
         self.shape = rgb.shape[:2]
         self.frame_item.setImage(rgb, autoLevels=False)   # uint8 RGB without levels: shown as is, no rescaling
         if heat and result.heat_scaled is not None:
+            # the map resampled (bilinear) to a quarter of the frame's pixels over the region: smooth at
+            # any zoom, and exact where a padded image's cells reach past the region's edge
+            fh, fw = self.shape
+            (x0, y0, x1, y1), cells = region_placement(result.grid, (max(1, fh // HEAT_STEP), max(1, fw // HEAT_STEP)))
             x, y, w, h = result.grid.roi
-            self.heat_item.setImage(result.heat_scaled, autoLevels=False, levels=(0.0, 1.0))
+            self.heat_item.setImage(resample(result.heat_scaled, cells, (x1 - x0, y1 - y0)), autoLevels=False,
+                                    levels=(0.0, 1.0))
             self.heat_item.setRect(QRectF(x, y, w, h))
             self.heat_item.setVisible(True)
         else:

@@ -140,8 +140,9 @@ class MainWindow(QMainWindow):
         geometry, state = self.qs.value("window/geometry"), self.qs.value("window/state")
         if geometry is not None:
             self.restoreGeometry(geometry)
-        else:
-            self.resize(1400, 860)
+        else:                                    # 1400x860, or the whole screen where it is smaller
+            screen = self.screen().availableGeometry()
+            self.resize(min(1400, screen.width()), min(860, screen.height()))
         if state is not None:
             self.restoreState(state)
         kind = str(self.qs.value("source/kind", "demo"))

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from ..base.paths import data_dir, default_results_db, resource
 
-DEMO_MODEL = resource("demo-eidn.safetensors")
+DEMO_MODEL = resource("demo-patchcore.safetensors")
 
 
 @dataclass
