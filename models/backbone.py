@@ -118,7 +118,7 @@ class EfficientNetLite0(Backbone):
     strides = (2, 4, 8, 16, 16, 32, 32)
     channels = tuple(stage[3] for stage in _LITE0_STAGES)
 
-    def __init__(self, stages: Sequence[int] = (3, 5)) -> None:
+    def __init__(self, stages: Sequence[int] = (3, 6)) -> None:
         super().__init__(stages)
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
@@ -223,7 +223,7 @@ BACKBONES = ("efficientnet_lite0", "resnet18", "resnet34", "resnet50", "wide_res
 def build_backbone(name: str, stages: Sequence[int] | None = None) -> Backbone:
     """An untrained backbone of this architecture (``load_weights`` gives it its ImageNet weights)."""
     if name == "efficientnet_lite0":
-        return EfficientNetLite0(stages or (3, 5))
+        return EfficientNetLite0(stages or (3, 6))
     if name in ResNet._SPECS:
         return ResNet(name, stages or (2, 3))
     raise BackboneError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}")

@@ -3,7 +3,8 @@
 A patch descriptor (PatchCore, Roth et al. 2022): the chosen stages' feature maps, each averaged
 over its 3 x 3 neighbourhood (so a patch also sees around itself), brought to one grid of cells of
 the finest stage's stride (bilinear) and concatenated.  With EfficientNet-Lite0's stages 3 and 6
-that is 232 numbers for every 8 x 8 pixels of the image.
+that is 232 numbers for every 8 x 8 pixels of the image (the default; ``stages=None`` is each
+backbone's own: Lite0's 3 and 6, a ResNet's layers 2 and 3 as in the PatchCore paper).
 
 A cell of a stage's map does not look at the pixels its grid position suggests: measured, Lite0's
 stage-3 cells are centred 7 pixels up and left of their 8 x 8 square, stage 5's 14 pixels (padding
@@ -35,7 +36,8 @@ from .base import Detector, Inference, TrainBatch
 class PatchFeatures(nn.Module):
     """Image (B, C, H, W) -> patch descriptors (B, D, H / stride, W / stride)."""
 
-    def __init__(self, backbone: str = "efficientnet_lite0", stages: Sequence[int] = (3, 6), pool: int = 3) -> None:
+    def __init__(self, backbone: str = "efficientnet_lite0", stages: Sequence[int] | None = None,
+                 pool: int = 3) -> None:
         super().__init__()
         if pool < 1 or pool % 2 == 0:
             raise ValueError(f"the neighbourhood pool must be an odd number, got {pool}")
@@ -112,11 +114,11 @@ class FeatureDetector(Detector):
     has_difference_map = True
 
     def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
-                 stages: Sequence[int] = (3, 6), pool: int = 3) -> None:
+                 stages: Sequence[int] | None = None, pool: int = 3) -> None:
         if size is not None:
             raise ValueError("a detector on backbone features takes images of any size: leave size unset")
         super().__init__(size=None, channels=channels)
-        self.patch_features = PatchFeatures(backbone, tuple(stages), pool)
+        self.patch_features = PatchFeatures(backbone, None if stages is None else tuple(stages), pool)
 
     @property
     def side_multiple(self) -> int:

@@ -65,7 +65,7 @@ class PatchCore(FeatureDetector):
     defaults = TrainingDefaults(epochs=1, steps_per_epoch=1, batch_size=1, size=None)
 
     def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
-                 stages: Sequence[int] = (3, 6), pool: int = 3, coreset_ratio: float = 0.1,
+                 stages: Sequence[int] | None = None, pool: int = 3, coreset_ratio: float = 0.1,
                  max_bank: int = 2048, max_patches: int = 50_000, projection: int = 128) -> None:
         super().__init__(size=size, channels=channels, backbone=backbone, stages=stages, pool=pool)
         if not 0.0 < coreset_ratio <= 1.0:

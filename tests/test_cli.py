@@ -130,3 +130,31 @@ def test_method_settings_reach_the_network(tiny_mvtec, tmp_path):
     assert main(["train", "--data", str(tiny_mvtec), "--method", "eidn", "--out", str(model),
                  "--set", "embedding_dim=3", *FAST]) == 0
     assert read_metadata(model)["hparams"]["embedding_dim"] == 3
+
+
+def test_backbone_weights_that_do_not_fit_exit_2_and_write_no_model(tiny_mvtec, tmp_path, capsys):
+    import torch
+
+    from models.backbone import build_backbone
+
+    model = tmp_path / "m.safetensors"
+    wrong = tmp_path / "resnet18.pth"
+    torch.save(build_backbone("resnet18", (2, 3)).state_dict(), wrong)
+    base = ["train", "--data", str(tiny_mvtec), "--out", str(model)]
+    assert main([*base, "--method", "default", "--backbone-weights", str(tmp_path / "absent.pth")]) == 2
+    assert main([*base, "--method", "default", "--backbone-weights", str(wrong)]) == 2    # Lite0 expected
+    assert main([*base, "--method", "default", "--set", "backbone=wide_resnet50_2", "--backbone-weights",
+                 str(wrong)]) == 2
+    assert main([*base, "--method", "ae", "--backbone-weights", str(wrong), *FAST]) == 2   # a pixel method
+    err = capsys.readouterr().err
+    assert "no such backbone weights file" in err and "are not efficientnet_lite0's" in err
+    assert "are not wide_resnet50_2's" in err and "takes no backbone weights" in err
+    assert not model.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_the_default_method_trains_inspects_and_reports_its_heat_map(tiny_mvtec, tmp_path, capsys):
+    model = tmp_path / "pc.safetensors"
+    assert main(["train", "--data", str(tiny_mvtec), "--method", "default", "--out", str(model)]) == 0
+    assert main(["eval", "--model", str(model), "--data", str(tiny_mvtec)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("image_auroc=") and "pixel_auroc=none" not in last     # masks: a pixel figure

@@ -136,14 +136,14 @@ def _fit_features(detector: Detector, opts: TrainOptions, split: Split, channels
                   progress: ProgressCallback | None) -> tuple[TrainReport, dict[str, Any]]:
     """A fully convolutional method: the backbone's features of each good image, computed once, and the
     method fitted on them."""
+    if not detector.gradient_free:
+        raise OptionError(f"method {detector.method!r} cannot be trained yet")
     t0 = time.perf_counter()
     goods = load_images(split.train_good, scale=opts.scale, channels=channels,
                         progress=_load_progress(progress, "load good"))
     if not goods.images:
         raise DatasetError(f"{opts.data}: none of the good training images could be read")
     features = whole_images(detector, detector.features, goods.images, progress=progress, stage="features")
-    if not detector.gradient_free:
-        raise OptionError(f"method {detector.method!r} cannot be trained yet")
     info = detector.fit_features([f.to(detector.device) for f in features],
                                  generator=torch.Generator().manual_seed(opts.seed))
     report = TrainReport(epochs_done=1, steps_done=0, seconds=time.perf_counter() - t0, stopped_by="completed",
