@@ -371,6 +371,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     settings = InspectorSettings(tile=args.tile, stride=args.stride, roi=args.roi, device=args.device,
                                  half=args.half)
     inspector, meta = load_inspector(args.model, settings)
+    if inspector.detector.fully_convolutional and (args.tile or args.stride):
+        raise InputError(f"{args.model} inspects each frame whole at its own scale: --tile and --stride apply "
+                         f"to tile models only")
     db = args.db or default_results_db()
     source_key, model_key = _source_key(args.source), str(args.model.resolve())
     run_id, skip = _resume_point(db, source_key, model_key) if args.resume else (None, set())

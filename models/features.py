@@ -120,6 +120,10 @@ class FeatureDetector(Detector):
         super().__init__(size=None, channels=channels)
         self.patch_features = PatchFeatures(backbone, None if stages is None else tuple(stages), pool)
 
+    def hparams(self) -> dict:
+        """The stages actually built, not None: a later default can never change what a file means."""
+        return super().hparams() | {"stages": list(self.patch_features.backbone.stages)}
+
     @property
     def side_multiple(self) -> int:
         return self.patch_features.side_multiple

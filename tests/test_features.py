@@ -168,6 +168,18 @@ def test_a_bank_model_file_round_trips_with_its_bank_and_backbone(bank_model, tm
     assert meta["inspection"] == bank_model.metadata["inspection"]
 
 
+def test_a_tile_size_set_for_tile_models_does_not_stop_a_whole_region_model_loading(bank_model, tmp_path):
+    from inspector.app.inspection import InspectorSettings, load_inspector
+    from inspector.modelstore.modelfile import ModelFileError
+
+    path = save_model(tmp_path / "pc.safetensors", bank_model.detector, bank_model.metadata)
+    inspector, _ = load_inspector(path, InspectorSettings(tile=160, stride=80))     # the window's setting
+    assert inspector.tile is None and inspector.scale == 1.0
+    meta = dict(bank_model.metadata, inspection={"scale": None, "smoothing": 1.0})
+    with pytest.raises(ModelFileError, match="inspection scale is not a valid number"):
+        load_model(save_model(tmp_path / "bad.safetensors", bank_model.detector, meta))
+
+
 def test_the_validation_protocol_never_looks_at_test(tiny_mvtec):
     dataset = discover(tiny_mvtec)
     split = make_split(dataset, anomaly_fraction=0.2, rng=np.random.default_rng(0), protocol="validation")

@@ -384,3 +384,14 @@ def test_a_truncated_jpeg_is_an_error_not_a_half_grey_part(tmp_path):
     with pytest.raises(ImageReadError, match="truncated JPEG"):
         read_image(tmp_path / "cut.jpg")
     assert read_image(tmp_path / "whole.jpg").shape == (64, 64, 3)
+
+
+def test_a_single_frame_whose_model_fails_is_an_error_not_the_end_of_the_run(darkness_inspector, monkeypatch):
+    inspector = darkness_inspector(tile=16)
+
+    def broken(x):
+        raise RuntimeError("the model broke")
+
+    monkeypatch.setattr(inspector.detector, "infer", broken)
+    (result,) = inspector.inspect_batch([Frame(grey_frame(32, 32), "live#1", 0, 0.0)])   # a live batch: one frame
+    assert result.verdict == ERROR and "the model broke" in result.error

@@ -103,6 +103,7 @@ def main() -> int:
 
     trained.metadata["training"]["data"] = "synthetic demo surface (tools/make_demo_model.py)"
     trained.metadata["calibration"] = calibration.to_dict()
+    trained.metadata["training"]["n_calibration_good"] = calibration.n_good     # the loop's frames
     trained.metadata["metrics"] = {"frame_image_auroc": frame_auroc, "frame_false_alarm_rate": far,
                                    "frame_recall": recall}
     save_model(args.out, trained.detector, trained.metadata)

@@ -78,10 +78,9 @@ def load_inspector(model: str | Path, settings: InspectorSettings) -> tuple[Insp
     device = resolve_device(settings.device)
     detector, meta = load_model(model, device=device)
     made_for = meta.get("inspection", {})
-    if detector.fully_convolutional:
-        inspector = Inspector(detector, calibration_of(meta), tile=settings.tile, stride=settings.stride,
-                              roi=settings.roi, half=settings.half, scale=made_for.get("scale", 1.0),
-                              smoothing=made_for.get("smoothing", 0.0))
+    if detector.fully_convolutional:     # a tile size set for tile models does not apply: each frame whole
+        inspector = Inspector(detector, calibration_of(meta), roi=settings.roi, half=settings.half,
+                              scale=made_for.get("scale", 1.0), smoothing=made_for.get("smoothing", 0.0))
         return inspector, meta
     tile = settings.tile if settings.tile is not None else made_for.get("tile")
     stride = settings.stride if settings.tile is not None else made_for.get("stride")

@@ -254,6 +254,7 @@ def evaluate(inspector: Inspector, items: Sequence[TestItem], *, root: Path | No
                 pixel_labels.append(gt.ravel())
                 pixel_values.append(result.heat.ravel())
     seconds = time.perf_counter() - t0
+    scored_paths = {item.path for item, _ in scored}
     is_defect = np.array([item.is_defect for item, _ in scored])
     scores = np.array([s for _, s in scored])
     if is_defect.all() or not is_defect.any():
@@ -273,7 +274,7 @@ def evaluate(inspector: Inspector, items: Sequence[TestItem], *, root: Path | No
         "image_auroc": auroc(is_defect, scores), "pixel_auroc": pixel, "auroc_per_type": per_type,
         "threshold": inspector.calibration.threshold, "false_alarm_rate": far, "recall": recall,
         "score_ms_per_image": 1000.0 * seconds / max(1, len(scored)),
-        "test_skipped_files": [str(item.path) for item in items if item not in {s[0] for s in scored}],
+        "test_skipped_files": [str(item.path) for item in items if item.path not in scored_paths],
     }
 
 

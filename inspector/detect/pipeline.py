@@ -251,9 +251,10 @@ class Inspector:
         score = self._score_whole if self.detector.fully_convolutional else self._score
         try:
             score(frames, cut, results, threshold)
-        except Exception:
-            if len(cut) < 2:
-                raise
+        except Exception as exc:
+            if len(cut) == 1:
+                results[cut[0][0]] = self._error(frames[cut[0][0]], _reason(exc), threshold)
+                return results  # type: ignore[return-value]
             for one in cut:
                 try:
                     score(frames, [one], results, threshold)

@@ -42,7 +42,7 @@ def pad_to_multiple(img: np.ndarray, multiple: int) -> np.ndarray:
     """Pad an image's bottom and right edges (mirrored) to sides that are multiples of ``multiple``.
 
     A fully convolutional detector takes any size this way: the image is never squashed, and the
-    padding's part of the map is cut off again (``crop_map``).
+    padding's part of the map is cut off again (``scoring.whole_images``).
     """
     h, w = img.shape[:2]
     ph, pw = (-h) % multiple, (-w) % multiple

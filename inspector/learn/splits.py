@@ -9,8 +9,8 @@ Two protocols:
   defects come from the rest.  Defaults (settings, thresholds, scales) are chosen on this split and
   never on ``test/``.
 
-The calibration slice is at least ``MIN_CALIBRATION`` goods where the set has them (a 1 % false-
-alarm threshold needs that many to mean anything), else a tenth, and at most half.
+The calibration slice is ``MIN_CALIBRATION`` goods (a 1 % false-alarm threshold needs that many to
+mean anything), a tenth of the goods where that is more, and never more than half of them.
 """
 
 from __future__ import annotations

@@ -127,11 +127,13 @@ def _check_metadata(meta: dict[str, Any]) -> None:
         value = made_for.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"its recommended {key} is not a positive whole number ({value!r})")
-    for key, low in (("scale", 0.0), ("smoothing", -1.0)):
-        value = made_for.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not math.isfinite(value) or value <= low):
-            raise ValueError(f"its {key} is not a valid number ({value!r})")
+    for key, positive in (("scale", True), ("smoothing", False)):
+        if key not in made_for:
+            continue
+        value = made_for[key]
+        if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+                or value < 0 or (positive and value == 0)):
+            raise ValueError(f"its inspection {key} is not a valid number ({value!r})")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
