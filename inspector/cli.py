@@ -444,10 +444,17 @@ def cmd_models(args: argparse.Namespace) -> int:
         cls = models.get_method(name)
         doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         d = cls.defaults
-        print(f"{name:<6} {doc}")
-        print(f"       training: size={d.size} epochs={d.epochs} steps_per_epoch={d.steps_per_epoch} "
-              f"batch_size={d.batch_size}; learns from anomalies: {'yes' if cls.uses_anomalies else 'no'}")
-        print("       settings (--set): " + " ".join(f"{k}={v}" for k, v in cls.hparam_defaults().items()))
+        default = " (the default)" if name == models.DEFAULT_METHOD else ""
+        print(f"{name:<6} {doc}{default}")
+        if d.size is None:
+            print("       training: whole images at --scale (default 1), on a frozen backbone's features"
+                  + ("; fitted in one pass, no gradient steps" if cls.gradient_free else "")
+                  + f"; learns from anomalies: {'yes' if cls.uses_anomalies else 'no'}")
+        else:
+            print(f"       training: size={d.size} epochs={d.epochs} steps_per_epoch={d.steps_per_epoch} "
+                  f"batch_size={d.batch_size}; learns from anomalies: {'yes' if cls.uses_anomalies else 'no'}")
+        print("       settings (--set): " + " ".join(f"{k}={'auto' if v is None else v}"
+                                                   for k, v in cls.hparam_defaults().items()))
     return EXIT_OK
 
 

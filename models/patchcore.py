@@ -1,5 +1,6 @@
-"""Memory bank of good patches; the distance to the nearest one is the anomaly score (PatchCore,
-Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+"""PatchCore — a memory bank of good patches, scored by the distance to the nearest one.
+
+Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022.
 
 Fitting keeps a coreset of the good training images' patch descriptors: greedy k-centre selection
 (each next patch is the one farthest from all kept so far), run on a random projection of the

@@ -110,38 +110,6 @@ class LoadedTiles:
     errors: list[tuple[Path, str]]     # files skipped, with the reason
 
 
-def load_tiles(paths: Sequence[Path], *, size: int, channels: int,
-               progress: Callable[[int, int], None] | None = None,
-               workers: int | None = None) -> LoadedTiles:
-    """Decode and resize images in a thread pool (OpenCV releases the GIL); skip unreadable ones.
-
-    Every skipped file is logged with its reason and returned in ``errors``.
-    """
-    def load(path: Path):
-        img = read_image(path)
-        return fit_tile(img, size, channels), img.shape[:2]
-
-    tiles, kept, shapes, errors = [], [], [], []
-    with ThreadPoolExecutor(max_workers=workers or decode_workers()) as pool:
-        futures = [pool.submit(load, p) for p in paths]
-        for i, (path, fut) in enumerate(zip(paths, futures, strict=True)):
-            try:
-                tile, shape = fut.result()
-            except ImageReadError as exc:
-                errors.append((path, str(exc).removeprefix(f"{path}: ")))
-                log.warning("skipped unreadable image %s", exc)
-            else:
-                tiles.append(tile)
-                kept.append(path)
-                shapes.append(shape)
-            if progress:
-                progress(i + 1, len(paths))
-    if errors:
-        log.warning("%d of %d images could not be read and were skipped", len(errors), len(paths))
-    arr = np.stack(tiles) if tiles else np.zeros((0, size, size, channels), np.uint8)
-    return LoadedTiles(arr, kept, shapes, errors)
-
-
 @dataclass
 class LoadedImages:
     images: list[np.ndarray]           # uint8 (H, W, C) at the scale asked for, aspect ratio kept
@@ -150,30 +118,49 @@ class LoadedImages:
     errors: list[tuple[Path, str]]     # files skipped, with the reason
 
 
-def load_images(paths: Sequence[Path], *, scale: float = 1.0, channels: int = 3,
-                progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> LoadedImages:
-    """Decode images in a thread pool and bring each to ``scale`` (``tensors.at_scale``, the resampling
-    inspection uses); unreadable files are skipped, logged and returned in ``errors``."""
+def _load_each(paths: Sequence[Path], prepare: Callable[[np.ndarray], np.ndarray],
+               progress: Callable[[int, int], None] | None, workers: int | None
+               ) -> tuple[list[np.ndarray], list[Path], list[tuple[int, int]], list[tuple[Path, str]]]:
+    """Decode images in a thread pool (OpenCV releases the GIL) and ``prepare`` each: (prepared, the
+    paths read, their original (H, W), the files skipped with the reason — each logged)."""
     def load(path: Path):
         img = read_image(path)
-        return at_scale(img, scale, channels), img.shape[:2]
+        return prepare(img), img.shape[:2]
 
-    images, kept, shapes, errors = [], [], [], []
+    done, kept, shapes, errors = [], [], [], []
     with ThreadPoolExecutor(max_workers=workers or decode_workers()) as pool:
         futures = [pool.submit(load, p) for p in paths]
         for i, (path, fut) in enumerate(zip(paths, futures, strict=True)):
             try:
-                image, shape = fut.result()
+                item, shape = fut.result()
             except ImageReadError as exc:
                 errors.append((path, str(exc).removeprefix(f"{path}: ")))
                 log.warning("skipped unreadable image %s", exc)
             else:
-                images.append(image)
+                done.append(item)
                 kept.append(path)
                 shapes.append(shape)
             if progress:
                 progress(i + 1, len(paths))
-    return LoadedImages(images, kept, shapes, errors)
+    if errors:
+        log.warning("%d of %d images could not be read and were skipped", len(errors), len(paths))
+    return done, kept, shapes, errors
+
+
+def load_tiles(paths: Sequence[Path], *, size: int, channels: int,
+               progress: Callable[[int, int], None] | None = None,
+               workers: int | None = None) -> LoadedTiles:
+    """Each image resized whole to one ``size`` tile; unreadable files skipped and returned in ``errors``."""
+    tiles, kept, shapes, errors = _load_each(paths, lambda img: fit_tile(img, size, channels), progress, workers)
+    arr = np.stack(tiles) if tiles else np.zeros((0, size, size, channels), np.uint8)
+    return LoadedTiles(arr, kept, shapes, errors)
+
+
+def load_images(paths: Sequence[Path], *, scale: float = 1.0, channels: int = 3,
+                progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> LoadedImages:
+    """Each image brought to ``scale`` (``tensors.at_scale``, the resampling inspection uses);
+    unreadable files skipped and returned in ``errors``."""
+    return LoadedImages(*_load_each(paths, lambda img: at_scale(img, scale, channels), progress, workers))
 
 
 def detect_channels(paths: Sequence[Path], sample: int = 16) -> int:
