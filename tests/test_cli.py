@@ -146,9 +146,10 @@ def test_backbone_weights_that_do_not_fit_exit_2_and_write_no_model(tiny_mvtec, 
     assert main([*base, "--method", "default", "--set", "backbone=wide_resnet50_2", "--backbone-weights",
                  str(wrong)]) == 2
     assert main([*base, "--method", "ae", "--backbone-weights", str(wrong), *FAST]) == 2   # a pixel method
+    assert main([*base, "--method", "default", "--size", "64"]) == 2                        # a tile size
     err = capsys.readouterr().err
     assert "no such backbone weights file" in err and "are not efficientnet_lite0's" in err
-    assert "are not wide_resnet50_2's" in err and "takes no backbone weights" in err
+    assert "are not wide_resnet50_2's" in err and "takes no backbone weights" in err and "use --scale" in err
     assert not model.exists() and not list(tmp_path.glob("*.partial"))
 
 

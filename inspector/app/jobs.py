@@ -182,6 +182,9 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
     rng = seed_everything(opts.seed)
     channels = detect_channels(dataset.train_good)
     fully_convolutional = cls.defaults.size is None
+    if fully_convolutional and opts.size is not None:
+        raise OptionError(f"method {cls.method!r} sees whole images at their own size: --size applies to tile "
+                          f"methods; use --scale to resize")
     size = None if fully_convolutional else (opts.size or cls.defaults.size)
     detector = build_detector(cls, size, channels, opts.hparams)
     if fully_convolutional:
