@@ -18,10 +18,12 @@ bench() {  # tag method G [bench options...]
         --json "bench-results/$tag.json" "$@" 2> "bench-results/$tag.log" | tail -n 1
 }
 
-bench agad_no_contextual agad 0 --set contextual_adversarial=false
-bench agad_no_contextual agad 0.05 --set contextual_adversarial=false
-bench agad_fail_anomaly_reconstruction agad 0.05 --set fail_anomaly_reconstruction=true
-bench agad_detach_reconstruction agad 0 --set detach_reconstruction=true
-bench agad_detach_reconstruction agad 0.05 --set detach_reconstruction=true
+# AGAD's variants against the paper's scheme (naive generator, contextual term on), not today's defaults
+paper=(--set generator=naive --set contextual_adversarial=true)
+bench agad_no_contextual agad 0 --set generator=naive --set contextual_adversarial=false
+bench agad_no_contextual agad 0.05 --set generator=naive --set contextual_adversarial=false
+bench agad_fail_anomaly_reconstruction agad 0.05 "${paper[@]}" --set fail_anomaly_reconstruction=true
+bench agad_detach_reconstruction agad 0 "${paper[@]}" --set detach_reconstruction=true
+bench agad_detach_reconstruction agad 0.05 "${paper[@]}" --set detach_reconstruction=true
 bench ede_one_path ede 0 --set paths=1
 bench ede_two_paths_no_adversarial ede 0 --set adversarial=false
