@@ -282,22 +282,15 @@ class Inspector:
         embs = np.split(out.embeddings, bounds) if out.embeddings is not None else [None] * len(cut)
         for (i, grid, _), raw, tile_maps, emb in zip(cut, np.split(out.scores, bounds), maps, embs, strict=True):
             frame = frames[i]
-            worst = float(raw.max())
-            if not math.isfinite(worst):
-                results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
-                                         error=NON_FINITE, score=worst, threshold=threshold, grid=grid,
-                                         thumbnail=frame.prepared.get("thumbnail"))
+            if not math.isfinite(float(raw.max())):
+                results[i] = self._non_finite(frame, float(raw.max()), grid, threshold)
                 continue
             try:
                 heat = stitch(grid, calibration.normalise(raw), tile_maps)
             except Exception as exc:   # memory for a very large map
                 results[i] = self._error(frame, _reason(exc), threshold)
                 continue
-            results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
-                                     score=worst, normalised=float(calibration.normalise(worst)),
-                                     threshold=threshold, tile_scores=raw, grid=grid, heat_scaled=heat,
-                                     heat_threshold=float(calibration.normalise(threshold)),
-                                     embeddings=emb, thumbnail=frame.prepared.get("thumbnail"))
+            results[i] = self._scored(frame, grid, threshold, raw, heat, emb)
 
     def _score_whole(self, frames: list[Frame], cut: list[tuple[int, TileGrid, np.ndarray]],
                      results: list[FrameResult | None], threshold: float) -> None:
@@ -310,20 +303,30 @@ class Inspector:
         for (i, grid, _), answer in zip(cut, answers, strict=True):
             frame = frames[i]
             raw = smooth_map(answer.map, self.smoothing)
-            worst = float(raw.max())
-            shown = smooth_map(answer.map, min(self.smoothing, HEAT_SMOOTHING))
-            if not math.isfinite(worst):
-                results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
-                                         error=NON_FINITE, score=worst, threshold=threshold, grid=grid,
-                                         thumbnail=frame.prepared.get("thumbnail"))
+            if not math.isfinite(float(raw.max())):
+                results[i] = self._non_finite(frame, float(raw.max()), grid, threshold)
                 continue
+            shown = smooth_map(answer.map, min(self.smoothing, HEAT_SMOOTHING))
             emb = None if answer.embeddings is None else answer.embeddings.reshape(-1, answer.embeddings.shape[-1])
-            results[i] = FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
-                                     score=worst, normalised=float(calibration.normalise(worst)),
-                                     threshold=threshold, tile_scores=raw.ravel(), grid=grid,
-                                     heat_scaled=calibration.normalise(shown).astype(np.float32),
-                                     heat_threshold=float(calibration.normalise(threshold)),
-                                     embeddings=emb, thumbnail=frame.prepared.get("thumbnail"))
+            results[i] = self._scored(frame, grid, threshold, raw.ravel(),
+                                      calibration.normalise(shown).astype(np.float32), emb)
+
+    @staticmethod
+    def _non_finite(frame: Frame, worst: float, grid: TileGrid, threshold: float) -> FrameResult:
+        return FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
+                           error=NON_FINITE, score=worst, threshold=threshold, grid=grid,
+                           thumbnail=frame.prepared.get("thumbnail"))
+
+    def _scored(self, frame: Frame, grid: TileGrid, threshold: float, raw: np.ndarray, heat: np.ndarray,
+                emb: np.ndarray | None) -> FrameResult:
+        """A frame's result from its raw scores (per tile or map cell; the frame's is their maximum)
+        and its heat map in normalised units."""
+        worst = float(raw.max())
+        return FrameResult(frame.item, frame.index, frame.timestamp, time.monotonic(), frame.image,
+                           score=worst, normalised=float(self.calibration.normalise(worst)),
+                           threshold=threshold, tile_scores=raw, grid=grid, heat_scaled=heat,
+                           heat_threshold=float(self.calibration.normalise(threshold)),
+                           embeddings=emb, thumbnail=frame.prepared.get("thumbnail"))
 
 
 def _reason(exc: Exception) -> str:
