@@ -230,13 +230,13 @@ def make_folder(root: Path, n: int, *, seed: int = 0, h: int = 96, w: int = 128)
 
 
 def make_model(path: Path, *, seed: int = 0, flag_everything: bool = False) -> Path:
-    """An untrained EIDN with a calibration from its own scores: a valid model file, made in a second.
+    """An untrained autoencoder with a calibration from its own scores: a valid model file, made in a second.
 
     ``flag_everything`` calibrates it far below any score it gives, so every item is NG (and gets an
     overlay image with ``--out``).
     """
     torch.manual_seed(seed)
-    detector = models.create("eidn", size=32, channels=3).eval()
+    detector = models.create("ae", size=32, channels=3).eval()
     with torch.no_grad():
         scores = detector.infer(torch.rand(64, 3, 32, 32) * 2 - 1).scores.numpy()
     calibration = calibrate(scores - 1000.0 if flag_everything else scores)

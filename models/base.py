@@ -40,12 +40,18 @@ class TrainBatch:
     ``anomalous_masks`` (B, 1, h, w), where known, marks the anomalous part of each anomalous row
     (pseudo-anomalies are painted with their masks); labelled defects come without one (zeros and
     ``anomalous_is_real``: the method finds the defect itself, e.g. as a multiple-instance bag).
+
+    A method on features gets whole images' patch descriptors (B, D, h, w), padded to the batch's
+    largest image: ``normal_valid`` and ``anomalous_valid`` (B, 1, h, w) mark the cells that are
+    the image's own.  Tile batches have no padding and leave them None.
     """
 
     normal: torch.Tensor
     anomalous: torch.Tensor | None = None
     anomalous_is_real: torch.Tensor | None = None
     anomalous_masks: torch.Tensor | None = None
+    normal_valid: torch.Tensor | None = None
+    anomalous_valid: torch.Tensor | None = None
     #: Passes over the normal training tiles so far, counting this batch's (1 during the first):
     #: a schedule in the paper's epochs (EDE's 1/n) reads this, not the engine's epoch.
     data_pass: int = 1

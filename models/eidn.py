@@ -1,22 +1,37 @@
-"""EIDN — Enforced Isolation Deep Network (seeds/eidn.txt; METHODS.md section 1).
+"""EIDN — Enforced Isolation Deep Network (seeds/eidn.txt; METHODS.md section 1), on patch features.
 
-A CNN ``f`` maps a tile to a point in R^l (eq. 1 and 6; l = 2 so that the embedding can be
-plotted).  The refined triplet loss (eq. 2) pulls normal tiles to the origin and anomalous ones to
-the one-vector, with anchors y in {0, 1} (eq. 3) and positives / negatives drawn by the random
-triplet sampling of eq. 4-5.  Score = ||f(x)||_2, the distance from the origin.
+The paper's embedding ``f`` maps a sample to a point in R^l (eq. 1 and 6; l = 2 so that the
+embedding can be plotted).  The refined triplet loss (eq. 2) pulls normal samples to the origin and
+anomalous ones to the one-vector, with anchors y in {0, 1} (eq. 3) and positives / negatives drawn
+by the random triplet sampling of eq. 4-5.  Score = ||f(x)||_2, the distance from the origin.
 
-The paper's Fig. 4 network is not recoverable from the text; ``f`` here is a small conv stack of
-the same spirit (conv, BN, LeakyReLU, a dense head).  EIDN needs anomalous samples: labelled
-defects where there are some, synthetic pseudo-anomalies from the training engine otherwise.
+Here a sample is a *patch*: ``f`` is a small head (1 x 1 convolutions) on the patch descriptors of a
+frozen ImageNet backbone (``features.PatchFeatures``), so every 8 x 8 pixels of a frame get their own
+point in the plane and the anomaly map is ||f|| per patch.  The paper's CNN saw whole images
+shrunk to 32 x 32 pixels, where a blowhole or a hairline crack is one pixel or none.
+
+Which patches are anomalous:
+
+- pseudo-anomalies are painted with their masks: the cells mostly covered by the painting are
+  anomalous instances;
+- a labelled defect has only its image label, so it is a multiple-instance bag (the image is
+  defective where at least one patch is): its most anomalous patch under the current ``f`` is the
+  anomalous instance.  A good image is a bag with no anomalous patch: its most anomalous patch is a
+  normal instance (hard negatives), beside patches drawn at random.
+
+EIDN needs anomalous samples: labelled defects where there are some, synthetic pseudo-anomalies
+from the training engine otherwise (and alongside).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from .base import Detector, Inference, TrainBatch, TrainingDefaults, register
-from .blocks import down, widths
+from .base import Inference, TrainBatch, TrainingDefaults, register
+from .features import FeatureDetector, map_max
 
 
 def triplet_loss(y: torch.Tensor, f_pos: torch.Tensor, f_neg: torch.Tensor,
@@ -27,83 +42,129 @@ def triplet_loss(y: torch.Tensor, f_pos: torch.Tensor, f_neg: torch.Tensor,
     return torch.clamp(d_pos - d_neg + alpha, min=0).sum()
 
 
-def sample_triplets(normal: torch.Tensor, anomalous: torch.Tensor, generator: torch.Generator | None = None):
-    """Random triplet sampling (eq. 3-5) over M = min(|normal|, |anomalous|) rows.
+def sample_triplets(normal: torch.Tensor, anomalous: torch.Tensor, m: int,
+                    generator: torch.Generator | None = None):
+    """Random triplet sampling (eq. 3-5): ``m`` triplets from normal (N, ...) and anomalous (A, ...) rows.
 
     For each i the anchor y_i is the zero or the one vector with equal odds; if y_i = 0 the
-    positive is a normal sample and the negative an anomaly, else the other way round.  Returns
-    ``(y_is_one, x_pos, x_neg)`` with ``y_is_one`` a bool vector.
+    positive is a normal sample and the negative an anomaly, else the other way round.  Rows are
+    drawn with replacement.  Returns ``(y_is_one, x_pos, x_neg)`` with ``y_is_one`` a bool vector.
     """
-    m = min(len(normal), len(anomalous))
-    y_is_one = torch.rand(m, device=normal.device, generator=generator) < 0.5
-    sel = y_is_one.view(-1, 1, 1, 1)
-    x_pos = torch.where(sel, anomalous[:m], normal[:m])
-    x_neg = torch.where(sel, normal[:m], anomalous[:m])
-    return y_is_one, x_pos, x_neg
+    device = normal.device
+    y_is_one = torch.rand(m, generator=generator).lt(0.5).to(device)
+    xn = normal[torch.randint(len(normal), (m,), generator=generator).to(device)]
+    xa = anomalous[torch.randint(len(anomalous), (m,), generator=generator).to(device)]
+    sel = y_is_one.view(-1, *([1] * (normal.dim() - 1)))
+    return y_is_one, torch.where(sel, xa, xn), torch.where(sel, xn, xa)
 
 
-class EmbeddingNet(nn.Module):
-    """f: tile (B, C, S, S) -> R^l."""
+def _cells(x: torch.Tensor) -> torch.Tensor:
+    """(B, K, h, w) -> (B, h * w, K)."""
+    return x.flatten(2).transpose(1, 2)
 
-    def __init__(self, *, size: int, channels: int, embedding_dim: int, base_width: int,
-                 max_width: int = 128, hidden: int = 64) -> None:
+
+def bag_maxima(emb: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each image's most anomalous valid cell (the largest ||f||): (B, l, h, w) -> (B, l)."""
+    norms = emb.norm(dim=1).masked_fill(~valid[:, 0], -1.0).flatten(1)
+    return _cells(emb)[torch.arange(len(emb), device=emb.device), norms.argmax(dim=1)]
+
+
+def painted_cells(emb: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, share: float) -> torch.Tensor:
+    """The cells of pseudo-anomalous images that their painting mostly covers: at least ``share`` of the
+    image's best-covered cell (so a defect smaller than a cell still gives one). (n, l)."""
+    cover = masks.masked_fill(~valid, 0.0).flatten(1)
+    best = cover.amax(dim=1, keepdim=True)
+    keep = (cover >= share * best) & (best > 0)
+    return _cells(emb)[keep]
+
+
+class PatchEmbedding(nn.Module):
+    """f: standardised patch descriptors (B, D, h, w) -> points in R^l per patch (B, l, h, w)."""
+
+    def __init__(self, dim: int, embedding_dim: int, hidden: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        cin = channels
-        for i, w in enumerate(widths(size, base_width, max_width)):
-            layers.append(down(cin, w, bn=i > 0))
-            cin = w
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(cin * 4 * 4, hidden),
-            nn.LeakyReLU(0.2, inplace=True),
-            nn.Linear(hidden, embedding_dim),
+        self.net = nn.Sequential(
+            nn.Conv2d(dim, hidden, 1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(hidden, hidden // 2, 1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(hidden // 2, embedding_dim, 1),
         )
 
-    def forward(self, x):
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 @register
-class EIDN(Detector):
+class EIDN(FeatureDetector):
     method = "eidn"
     uses_anomalies = True
     needs_anomalies = True
-    # The paper's schedule: 50 epochs x 100 steps x 128 triplets, Adam, 32x32 inputs.  64x64 tiles
-    # with a shorter schedule measured worse on magnetic tiles (README, "EIDN settings").
-    defaults = TrainingDefaults(epochs=50, steps_per_epoch=100, batch_size=128, size=32)
+    # A step is 16 good and 16 anomalous images' patches and ``triplets`` triplets drawn from them.
+    defaults = TrainingDefaults(epochs=20, steps_per_epoch=50, batch_size=16, size=None)
 
-    def __init__(self, *, size: int = 32, channels: int = 3, embedding_dim: int = 2,
-                 alpha: float = 0.2, base_width: int = 16, lr: float = 1e-3) -> None:
-        super().__init__(size=size, channels=channels)
-        self.f = EmbeddingNet(size=size, channels=channels, embedding_dim=embedding_dim,
-                              base_width=base_width)
-        self.alpha = alpha
-        self.lr = lr
+    def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
+                 stages: Sequence[int] | None = None, pool: int = 3, embedding_dim: int = 2,
+                 alpha: float = 0.2, hidden: int = 128, lr: float = 1e-3, triplets: int = 512,
+                 random_normals: int = 64, painted_share: float = 0.5) -> None:
+        super().__init__(size=size, channels=channels, backbone=backbone, stages=stages, pool=pool)
+        self.f = PatchEmbedding(self.feature_dim, embedding_dim, hidden)
+        self.alpha, self.lr, self.triplets = alpha, lr, triplets
+        self.random_normals, self.painted_share = random_normals, painted_share
+        self.register_buffer("feature_mean", torch.zeros(self.feature_dim))
+        self.register_buffer("feature_std", torch.ones(self.feature_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.f(x)
+    def begin_training(self, normal: list[torch.Tensor]) -> None:
+        """Standardise the descriptors with the good images' per-channel mean and deviation."""
+        cells = torch.cat([f.flatten(1) for f in normal], dim=1).float()
+        self.feature_mean = cells.mean(dim=1).to(self.feature_mean.device)
+        self.feature_std = cells.std(dim=1).clamp_min(1e-6).to(self.feature_std.device)
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        z = (features - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
+        return self.f(z)
 
     def make_optimizers(self) -> None:
-        self.optimizers = [torch.optim.Adam(self.parameters(), lr=self.lr)]
+        self.optimizers = [torch.optim.Adam(self.f.parameters(), lr=self.lr)]
+
+    def _normal_instances(self, batch: TrainBatch, emb: torch.Tensor) -> torch.Tensor:
+        """Each good image's worst patch (its bag's maximum) and ``random_normals`` patches at random."""
+        valid = batch.normal_valid if batch.normal_valid is not None else torch.ones_like(emb[:, :1], dtype=torch.bool)
+        cells = _cells(emb)[valid.flatten(1)]
+        pick = torch.randint(len(cells), (min(len(cells), self.random_normals * len(emb)),), device=emb.device)
+        return torch.cat([bag_maxima(emb, valid), cells[pick]])
+
+    def _anomalous_instances(self, batch: TrainBatch, emb: torch.Tensor) -> torch.Tensor:
+        """Painted cells of the pseudo-anomalies, and each labelled defect's worst patch (its bag's maximum)."""
+        valid = (batch.anomalous_valid if batch.anomalous_valid is not None
+                 else torch.ones_like(emb[:, :1], dtype=torch.bool))
+        real = (batch.anomalous_is_real if batch.anomalous_is_real is not None
+                else torch.zeros(len(emb), dtype=torch.bool, device=emb.device))
+        parts = []
+        if real.any():
+            parts.append(bag_maxima(emb[real], valid[real]))
+        if (~real).any():
+            if batch.anomalous_masks is None:
+                raise ValueError("EIDN learns from pseudo-anomalies' masks: the batch has none")
+            parts.append(painted_cells(emb[~real], batch.anomalous_masks[~real], valid[~real], self.painted_share))
+        return torch.cat(parts)
 
     def training_step(self, batch: TrainBatch, *, epoch: int, epochs: int) -> dict[str, float]:
         if batch.anomalous is None or len(batch.anomalous) == 0:
             raise ValueError("EIDN trains on triplets and needs anomalous samples in every batch")
         (opt,) = self.optimizers
-        y_is_one, x_pos, x_neg = sample_triplets(batch.normal, batch.anomalous)
-        m = len(y_is_one)
-        # One forward pass over positives and negatives, so batch norm sees both classes.
-        emb = self.f(torch.cat([x_pos, x_neg]))
-        y = y_is_one.to(emb.dtype).view(-1, 1).expand(m, emb.shape[1])
-        loss = triplet_loss(y, emb[:m], emb[m:], self.alpha)
+        normal = self._normal_instances(batch, self.embed(batch.normal))
+        anomalous = self._anomalous_instances(batch, self.embed(batch.anomalous))
+        if len(anomalous) == 0:
+            return {"loss": 0.0}
+        y_is_one, f_pos, f_neg = sample_triplets(normal, anomalous, self.triplets)
+        y = y_is_one.to(f_pos.dtype).view(-1, 1).expand_as(f_pos)
+        loss = triplet_loss(y, f_pos, f_neg, self.alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"loss": loss.item() / m}
+        return {"loss": loss.item() / self.triplets}
 
-    @torch.no_grad()
-    def infer(self, x: torch.Tensor) -> Inference:
-        emb = self.f(x)
-        return Inference(scores=emb.norm(dim=1), embeddings=emb)
+    def score_features(self, features: torch.Tensor) -> Inference:
+        emb = self.embed(features)
+        maps = emb.norm(dim=1, keepdim=True)
+        return Inference(scores=map_max(maps), maps=maps, embeddings=emb)
+

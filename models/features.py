@@ -17,7 +17,9 @@ part of the model's state and travel in its file.
 A ``FeatureDetector`` is fully convolutional: it takes images of any size (multiples of
 ``side_multiple``; the pipeline pads), runs the backbone once over the whole image and scores every
 patch.  Its training runs on features computed once per training image (``trains_on =
-"features"``): the backbone never trains, so it need not run again each step.
+"features"``): the backbone never trains, so it need not run again each step.  A memory bank is
+fitted in one pass (``fit_features``); a head with weights (EIDN) is trained by the engine on
+batches of those features.
 """
 
 from __future__ import annotations
@@ -154,8 +156,12 @@ class FeatureDetector(Detector):
     def training_step(self, batch: TrainBatch, *, epoch: int, epochs: int) -> dict[str, float]:
         raise NotImplementedError(f"{self.method} is fitted with fit_features, not trained step by step")
 
+    def begin_training(self, normal: list[torch.Tensor]) -> None:
+        """Before the first step of a method trained step by step: see the good images' descriptors
+        (D, h, w) once (to standardise them, say)."""
+
     def fit_features(self, normal: list[torch.Tensor], *, generator: torch.Generator | None = None) -> dict:
-        """Fit on the patch descriptors (D, h, w) of the good training images, without gradients."""
+        """A gradient-free method: fit on the patch descriptors (D, h, w) of the good training images."""
         raise NotImplementedError(f"{self.method} trains step by step")
 
 

@@ -107,12 +107,12 @@ def darkness_inspector():
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """A small EIDN model trained on the generated set (seconds), for end-to-end tests."""
+    """A small autoencoder (a tile model) trained on the generated set (seconds), for end-to-end tests."""
     from inspector.cli import main
 
     root = tmp_path_factory.mktemp("tiny-model")
-    model = root / "eidn.safetensors"
-    rc = main(["train", "--data", str(write_mvtec(root / "data")), "--method", "eidn", "--out", str(model),
+    model = root / "ae.safetensors"
+    rc = main(["train", "--data", str(write_mvtec(root / "data")), "--method", "ae", "--out", str(model),
                "--epochs", "2", "--steps-per-epoch", "15", "--size", "32"])
     assert rc == 0
     return model

@@ -8,6 +8,8 @@ import pytest
 from inspector.cli import main
 
 FAST = ["--epochs", "2", "--steps-per-epoch", "15", "--size", "32"]
+#: EIDN's head on backbone features: whole images, no tile size.
+FAST_HEAD = ["--epochs", "2", "--steps-per-epoch", "15"]
 
 
 def real_slice(src: Path, dst: Path, counts: dict[str, int]) -> Path:
@@ -28,7 +30,7 @@ def brick_slice(shared_data, tmp_path_factory):
 def test_bench_on_real_data_separates_defects_better_than_chance(brick_slice, tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "--data", str(brick_slice), "--method", "eidn", "--anomaly-fraction", "0.2",
-               "--json", str(out), *FAST])
+               "--json", str(out), *FAST_HEAD])
     assert rc == 0
     result = json.loads(out.read_text())
     for key in ("method", "data", "size", "anomaly_fraction", "n_train_good", "n_train_defect", "n_test_good",
@@ -39,7 +41,8 @@ def test_bench_on_real_data_separates_defects_better_than_chance(brick_slice, tm
     # 40 of the 80 goods calibrate (at least 50 where a set has them, at most half); 10 / (40 + 10) = 0.2
     assert result["n_calibration_good"] == 40 and result["n_train_good"] == 40
     assert result["n_train_defect"] == 10
-    assert result["pixel_auroc"] is None             # EIDN has no difference map, the set no masks
+    assert result["pixel_auroc"] is None             # the set has no masks
+    assert result["n_pseudo_anomalies"] == 120        # three painted on each training good
     assert result["image_auroc"] > 0.7
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith(f"image_auroc={result['image_auroc']:.4f} pixel_auroc=none train_seconds=")
@@ -56,7 +59,7 @@ def test_bench_reports_pixel_auroc_where_masks_exist(tiny_mvtec, tmp_path):
 
 def test_train_then_eval(tiny_mvtec, tmp_path, capsys):
     model = tmp_path / "models" / "m.safetensors"
-    assert main(["train", "--data", str(tiny_mvtec), "--method", "eidn", "--out", str(model), *FAST]) == 0
+    assert main(["train", "--data", str(tiny_mvtec), "--method", "eidn", "--out", str(model), *FAST_HEAD]) == 0
     assert model.is_file() and not list(model.parent.glob("*.ckpt")) and not list(model.parent.glob("*partial"))
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", str(model), "--data", str(tiny_mvtec), "--json", str(out)]) == 0
@@ -119,7 +122,7 @@ def test_unknown_method_setting_exit_2_and_lists_the_settings(tiny_mvtec, tmp_pa
     model = tmp_path / "m.safetensors"
     rc = main(["train", "--data", str(tiny_mvtec), "--method", "eidn", "--out", str(model), "--set", "foo=1"])
     assert rc == 2
-    assert "has no setting foo; its settings: embedding_dim=2" in capsys.readouterr().err
+    assert "has no setting foo; its settings: backbone=efficientnet_lite0" in capsys.readouterr().err
     assert not model.exists()
 
 
@@ -128,7 +131,7 @@ def test_method_settings_reach_the_network(tiny_mvtec, tmp_path):
 
     model = tmp_path / "m.safetensors"
     assert main(["train", "--data", str(tiny_mvtec), "--method", "eidn", "--out", str(model),
-                 "--set", "embedding_dim=3", *FAST]) == 0
+                 "--set", "embedding_dim=3", *FAST_HEAD]) == 0
     assert read_metadata(model)["hparams"]["embedding_dim"] == 3
 
 

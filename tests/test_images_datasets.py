@@ -96,17 +96,38 @@ def test_holdout_split_is_disjoint_and_seeded():
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_each_pseudo_anomaly_kind_changes_the_tile(kind):
+def test_each_pseudo_anomaly_kind_changes_the_image_where_its_mask_says(kind):
     rng = np.random.default_rng(0)
-    tiles = rng.integers(100, 140, (4, 64, 64, 3), dtype=np.uint8)
-    out = make_pseudo_anomalies(tiles, 20, rng, kinds=(kind,))
-    assert out.shape == (20, 64, 64, 3) and out.dtype == np.uint8
-    changed = [not any(np.array_equal(o, t) for t in tiles) for o in out]
+    images = [rng.integers(100, 140, (90, 160, 3), dtype=np.uint8) for _ in range(4)]
+    out, masks = make_pseudo_anomalies(images, 20, rng, kinds=(kind,))
+    assert len(out) == len(masks) == 20
+    for image, mask in zip(out, masks, strict=True):
+        assert image.shape == (90, 160, 3) and image.dtype == np.uint8          # native size, aspect kept
+        assert mask.shape == (90, 160) and mask.dtype == np.float32 and 0 <= mask.min() <= mask.max() <= 1
+    changed = [not any(np.array_equal(o, t) for t in images) for o in out]
     assert sum(changed) >= 18
+    for image, mask in zip(out, masks, strict=True):
+        source = min(images, key=lambda t: np.abs(t.astype(int) - image).sum())
+        moved = np.abs(image.astype(int) - source).max(axis=2) > 0
+        assert not (moved & (mask == 0)).any()                           # nothing changed outside the mask
+        assert 0 < mask.mean() < 0.5                                     # a defect, not the whole image
+
+
+def test_pseudo_anomalies_keep_the_surface_texture_under_a_crack():
+    rng = np.random.default_rng(1)
+    stripes = np.tile((np.arange(128) % 8 < 4).astype(np.uint8)[None, :, None] * 80 + 100, (128, 1, 1))
+    out, masks = make_pseudo_anomalies([stripes], 10, rng, kinds=("crack",))
+    for image, mask in zip(out, masks, strict=True):
+        core = mask > 0.9
+        if core.sum() > 20:
+            on_light, on_dark = image[core & (stripes[:, :, 0] == 180), 0], image[core & (stripes[:, :, 0] == 100), 0]
+            if len(on_light) and len(on_dark):
+                assert on_light.mean() > on_dark.mean()                  # darkened, not painted flat
 
 
 def test_pseudo_anomalies_are_reproducible():
-    tiles = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 1), dtype=np.uint8)
-    a = make_pseudo_anomalies(tiles, 10, np.random.default_rng(5))
-    b = make_pseudo_anomalies(tiles, 10, np.random.default_rng(5))
-    assert np.array_equal(a, b)
+    tiles = list(np.random.default_rng(0).integers(0, 255, (4, 32, 32, 1), dtype=np.uint8))
+    a, ma = make_pseudo_anomalies(tiles, 10, np.random.default_rng(5))
+    b, mb = make_pseudo_anomalies(tiles, 10, np.random.default_rng(5))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(np.array_equal(x, y) for x, y in zip(ma, mb, strict=True))

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import REPO, texture
-from test_cli import FAST, real_slice
+from test_cli import real_slice
 
 from inspector.cli import main
 
@@ -26,7 +26,7 @@ def brick(shared_data, tmp_path_factory):
                       {"train/good": 80, "train/defect/crack": 30, "test/good": 25, "test/crack": 25})
     model = root / "eidn.safetensors"
     assert main(["train", "--data", str(data), "--method", "eidn", "--anomaly-fraction", "0.2",
-                 "--out", str(model), *FAST]) == 0
+                 "--out", str(model), "--epochs", "5", "--steps-per-epoch", "20", "--false-alarm-rate", "0.1"]) == 0
     return data, model
 
 

@@ -131,7 +131,7 @@ class SyntheticSurface:
         painter = _PAINTERS[int(rng.integers(len(_PAINTERS)))]
         patch = self._strip(d.x, d.size, d.y, d.size)
         small = cv2.resize(patch, (d.size // DEFECT_SCALE,) * 2, interpolation=cv2.INTER_AREA)
-        change = painter(small, rng).astype(np.float32) - small
+        change = painter(small, rng)[0].astype(np.float32) - small
         patch = np.clip(patch + cv2.resize(change, (d.size, d.size), interpolation=cv2.INTER_LINEAR), 0, 255)
         patch = patch.astype(np.uint8)
         a, b = max(0, left), min(frame.shape[1], left + d.size)

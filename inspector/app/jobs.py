@@ -11,6 +11,7 @@ own tiling or scale.  Calibration runs that way on held-out goods, and so do the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,13 +39,19 @@ from ..learn.datasets import DatasetError, MVTecSet, TestItem, detect_channels, 
 from ..learn.metrics import auroc, rates_at
 from ..learn.pseudo_anomalies import make_pseudo_anomalies
 from ..learn.splits import Split, make_split
-from ..learn.training import TrainConfig, TrainingData, TrainReport, seed_everything, train
+from ..learn.training import FeatureTrainingData, TrainConfig, TrainingData, TrainReport, seed_everything, train
 from ..modelstore.modelfile import build_metadata
 
 log = logging.getLogger(__name__)
 
-#: Pseudo-anomalies painted per run, for methods that learn from anomalies.
+#: Pseudo-anomalous tiles painted per run, for tile methods that learn from anomalies.
 PSEUDO_POOL = 3000
+#: A head trained on features (EIDN) sees at most this many good training images (a random subset)
+#: and PSEUDO_PER_GOOD pseudo-anomalies painted on each, at most PSEUDO_IMAGES: their descriptors
+#: stay in memory for the run.
+HEAD_GOODS = 400
+PSEUDO_PER_GOOD = 3
+PSEUDO_IMAGES = 400
 #: Images inspected together when calibrating and evaluating.
 EVAL_BATCH = 32
 #: The Inspector's calibration is replaced by the real one once the raw scores are known.
@@ -132,24 +139,77 @@ def inspect_files(inspector: Inspector, paths: Sequence[Path], *, progress: Prog
                 progress(Progress(stage, min(start + EVAL_BATCH, len(paths)), len(paths)))
 
 
-def _fit_features(detector: Detector, opts: TrainOptions, split: Split, channels: int,
-                  progress: ProgressCallback | None) -> tuple[TrainReport, dict[str, Any]]:
-    """A fully convolutional method: the backbone's features of each good image, computed once, and the
-    method fitted on them."""
-    if not detector.gradient_free:
-        raise OptionError(f"method {detector.method!r} cannot be trained yet")
-    t0 = time.perf_counter()
-    goods = load_images(split.train_good, scale=opts.scale, channels=channels,
-                        progress=_load_progress(progress, "load good"))
+def _good_features(detector: Detector, opts: TrainOptions, paths: Sequence[Path], channels: int,
+                   progress: ProgressCallback | None):
+    """The good training images at the model's scale, and their patch descriptors (D, h, w) each."""
+    goods = load_images(paths, scale=opts.scale, channels=channels, progress=_load_progress(progress, "load good"))
     if not goods.images:
         raise DatasetError(f"{opts.data}: none of the good training images could be read")
-    features = whole_images(detector, detector.features, goods.images, progress=progress, stage="features")
+    return goods, whole_images(detector, detector.features, goods.images, progress=progress, stage="features")
+
+
+def _fit_features(detector: Detector, opts: TrainOptions, split: Split, channels: int,
+                  progress: ProgressCallback | None) -> tuple[TrainReport, dict[str, Any], None]:
+    """A memory bank: the backbone's features of each good image, computed once, and the bank fitted
+    on them."""
+    t0 = time.perf_counter()
+    goods, features = _good_features(detector, opts, split.train_good, channels, progress)
     info = detector.fit_features([f.to(detector.device) for f in features],
                                  generator=torch.Generator().manual_seed(opts.seed))
     report = TrainReport(epochs_done=1, steps_done=0, seconds=time.perf_counter() - t0, stopped_by="completed",
                          last_losses={k: float(v) for k, v in info.items()})
     return report, {"n_train_good": len(goods.images), "n_train_defect": 0, "n_pseudo_anomalies": 0,
-                    "skipped": goods.errors, "fit": info}
+                    "skipped": goods.errors, "fit": info}, None
+
+
+def pseudo_count(n_goods: int) -> int:
+    return min(PSEUDO_IMAGES, PSEUDO_PER_GOOD * n_goods)
+
+
+def cell_coverage(mask: np.ndarray, stride: int) -> torch.Tensor:
+    """A pixel mask (H, W) in [0, 1] as each map cell's covered share: (1, ceil(H / stride), ceil(W / stride))."""
+    h, w = mask.shape
+    hc, wc = -(-h // stride), -(-w // stride)
+    padded = np.zeros((hc * stride, wc * stride), np.float32)
+    padded[:h, :w] = mask
+    return torch.from_numpy(padded.reshape(hc, stride, wc, stride).mean(axis=(1, 3)))[None]
+
+
+def _train_features(detector: Detector, opts: TrainOptions, split: Split, channels: int, rng: np.random.Generator,
+                    progress: ProgressCallback | None, should_cancel: Callable[[], bool] | None
+                    ) -> tuple[TrainReport, dict[str, Any], TrainConfig]:
+    """A head on features (EIDN): descriptors of the good images, of pseudo-anomalies painted on them at
+    the same scale (with their masks) and of the labelled defects, each computed once; then the
+    engine's steps."""
+    t0 = time.perf_counter()
+    paths = list(split.train_good)
+    if len(paths) > HEAD_GOODS:
+        paths = [paths[i] for i in sorted(rng.choice(len(paths), HEAD_GOODS, replace=False))]
+    goods, normal = _good_features(detector, opts, paths, channels, progress)
+    labelled = load_images(split.labelled, scale=opts.scale, channels=channels) if split.labelled else None
+    pseudo, masks = (make_pseudo_anomalies(goods.images, pseudo_count(len(goods.images)), rng)
+                     if detector.wants_pseudo_anomalies
+                     else ([], []))
+    data = FeatureTrainingData(
+        normal,
+        whole_images(detector, detector.features, pseudo, progress=progress, stage="features (pseudo-anomalies)"),
+        [cell_coverage(m, detector.map_stride) for m in masks],
+        whole_images(detector, detector.features, labelled.images, progress=progress,
+                     stage="features (labelled)") if labelled else [])
+    detector.begin_training(normal)
+    config = _train_config(detector, opts)
+    report = train(detector, data, config, progress=progress, should_cancel=should_cancel)
+    report = dataclasses.replace(report, seconds=time.perf_counter() - t0)
+    return report, {"n_train_good": len(goods.images), "n_train_defect": data.n_labelled,
+                    "n_pseudo_anomalies": data.n_pseudo,
+                    "skipped": goods.errors + (labelled.errors if labelled else [])}, config
+
+
+def _train_config(detector: Detector, opts: TrainOptions) -> TrainConfig:
+    d = type(detector).defaults
+    return TrainConfig(epochs=opts.epochs or d.epochs, steps_per_epoch=opts.steps_per_epoch or d.steps_per_epoch,
+                       batch_size=opts.batch_size or d.batch_size, seed=opts.seed, flips=opts.flips,
+                       time_budget_s=opts.time_budget_s, checkpoint_path=opts.checkpoint_path, resume=opts.resume)
 
 
 def _train_tiles(detector: Detector, opts: TrainOptions, split: Split, channels: int, rng: np.random.Generator,
@@ -161,13 +221,10 @@ def _train_tiles(detector: Detector, opts: TrainOptions, split: Split, channels:
     labelled = load_tiles(split.labelled, size=size, channels=channels) if split.labelled else None
     if len(normal.tiles) == 0:
         raise DatasetError(f"{opts.data}: none of the good training images could be read")
-    pseudo = make_pseudo_anomalies(normal.tiles, PSEUDO_POOL, rng) if detector.wants_pseudo_anomalies else None
+    pseudo = (np.stack(make_pseudo_anomalies(list(normal.tiles), PSEUDO_POOL, rng)[0])
+              if detector.wants_pseudo_anomalies else None)
     data = TrainingData(normal.tiles, labelled.tiles if labelled else None, pseudo)
-    d = type(detector).defaults
-    config = TrainConfig(epochs=opts.epochs or d.epochs, steps_per_epoch=opts.steps_per_epoch or d.steps_per_epoch,
-                         batch_size=opts.batch_size or d.batch_size, seed=opts.seed, flips=opts.flips,
-                         time_budget_s=opts.time_budget_s, checkpoint_path=opts.checkpoint_path,
-                         resume=opts.resume)
+    config = _train_config(detector, opts)
     report = train(detector, data, config, progress=progress, should_cancel=should_cancel)
     return report, {"n_train_good": len(normal.tiles), "n_train_defect": data.n_labelled,
                     "n_pseudo_anomalies": data.n_pseudo,
@@ -200,9 +257,11 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
     if opts.anomaly_fraction > 0 and not cls.uses_anomalies:
         log.info("method %s learns from good images only; the anomaly fraction is ignored", opts.method)
 
-    config = None
     if fully_convolutional:
-        report, counts = _fit_features(detector, opts, split, channels, progress)
+        if cls.gradient_free:
+            report, counts, config = _fit_features(detector, opts, split, channels, progress)
+        else:
+            report, counts, config = _train_features(detector, opts, split, channels, rng, progress, should_cancel)
         inspection = {"scale": opts.scale, "smoothing": opts.smoothing}
     else:
         report, counts, config = _train_tiles(detector, opts, split, channels, rng, progress, should_cancel)

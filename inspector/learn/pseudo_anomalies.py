@@ -1,104 +1,138 @@
-"""Synthetic pseudo-anomalies painted onto good tiles.
+"""Synthetic pseudo-anomalies painted onto good images, each with its mask.
 
-They give the methods that learn from anomalies (EIDN; AGAD later) negatives when no labelled
+They give the methods that learn from anomalies (EIDN; AGAD on request) negatives when no labelled
 defect exists yet — a new line, an operator with only good parts — and widen the few labelled
 ones when some do.  Four kinds, the common surface defects: thin dark cracks (a jagged random
 walk), scratches (a thin bright or dark arc), spots (a soft-edged blob) and cut-and-paste patches
-(a piece of another good tile, flipped and re-lit, pasted elsewhere: CutPaste, Li et al. 2021).
+(a piece of another good image, flipped and re-lit, pasted elsewhere: CutPaste, Li et al. 2021).
 
-All functions take and return uint8 tiles (S, S, C) and draw their randomness from the given
+They are painted on the image as the model sees it (at the inspection scale, never on a shrunken
+copy), sized in proportion to the image's shorter side, and with the surface's own texture kept:
+a crack or spot darkens or lightens what is there by a random factor instead of painting a flat
+colour, and a pasted patch is feathered at its edge.  Each painter also returns the mask of what it
+changed (float32 in [0, 1]), so a method can learn which patches are anomalous.
+
+All functions take uint8 images (H, W, C) and draw their randomness from the given
 ``numpy.random.Generator``, so a seeded run paints the same defects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
 
-
-def _blend(tile: np.ndarray, mask: np.ndarray, target: np.ndarray | float) -> np.ndarray:
-    """tile*(1-mask) + target*mask, with mask (S, S) in [0, 1]."""
-    m = mask[:, :, None]
-    out = tile.astype(np.float32) * (1.0 - m) + np.asarray(target, np.float32) * m
-    return np.clip(out, 0, 255).astype(np.uint8)
+Painted = tuple[np.ndarray, np.ndarray]
 
 
-def crack(tile: np.ndarray, rng: np.random.Generator, _others: np.ndarray | None = None) -> np.ndarray:
+def _shade(image: np.ndarray, mask: np.ndarray, gain: float) -> np.ndarray:
+    """``image`` multiplied by ``1 + (gain - 1) * mask``: darker (gain < 1) or lighter, texture kept."""
+    factor = 1.0 + (gain - 1.0) * mask[:, :, None]
+    return np.clip(image.astype(np.float32) * factor, 0, 255).astype(np.uint8)
+
+
+def _lift(image: np.ndarray, mask: np.ndarray, offset: float) -> np.ndarray:
+    """``image`` + ``offset * mask``: a brighter or darker mark with the texture under it kept."""
+    return np.clip(image.astype(np.float32) + offset * mask[:, :, None], 0, 255).astype(np.uint8)
+
+
+def crack(image: np.ndarray, rng: np.random.Generator, _others: Sequence[np.ndarray] | None = None) -> Painted:
     """A thin dark jagged line: a random walk whose heading drifts, sometimes with a branch."""
-    s = tile.shape[0]
-    mask = np.zeros(tile.shape[:2], np.float32)
+    h, w = image.shape[:2]
+    s = min(h, w)
+    mask = np.zeros((h, w), np.float32)
     for _ in range(1 + int(rng.random() < 0.3)):
-        p = rng.uniform(0.1 * s, 0.9 * s, 2)
+        p = rng.uniform(0.1, 0.9, 2) * (w, h)
         heading = rng.uniform(0, 2 * np.pi)
         pts = [p.copy()]
         for _ in range(int(rng.integers(4, 12))):
             heading += rng.normal(0, 0.5)
-            p = p + rng.uniform(s / 16, s / 6) * np.array([np.cos(heading), np.sin(heading)])
+            p = p + rng.uniform(s / 24, s / 8) * np.array([np.cos(heading), np.sin(heading)])
             pts.append(p.copy())
-        thickness = int(rng.integers(1, max(2, s // 32) + 1))
+        thickness = int(rng.integers(1, max(2, s // 48) + 1))
         cv2.polylines(mask, [np.round(np.array(pts)).astype(np.int32)], False, 1.0, thickness, cv2.LINE_AA)
-    darkness = rng.uniform(0.4, 0.85)
-    return _blend(tile, mask * darkness, 0.0)
+    mask = cv2.GaussianBlur(mask, (0, 0), 0.7)
+    return _shade(image, mask, rng.uniform(0.25, 0.7)), mask
 
 
-def scratch(tile: np.ndarray, rng: np.random.Generator, _others: np.ndarray | None = None) -> np.ndarray:
+def scratch(image: np.ndarray, rng: np.random.Generator, _others: Sequence[np.ndarray] | None = None) -> Painted:
     """A thin smooth arc (quadratic Bezier), brighter or darker than the surface."""
-    s = tile.shape[0]
-    a, b, c = (rng.uniform(0, s, 2) for _ in range(3))
-    t = np.linspace(0, 1, 32)[:, None]
+    h, w = image.shape[:2]
+    a, b, c = (rng.uniform(0, 1, 2) * (w, h) for _ in range(3))
+    t = np.linspace(0, 1, 48)[:, None]
     pts = (1 - t) ** 2 * a + 2 * (1 - t) * t * c + t**2 * b
-    mask = np.zeros(tile.shape[:2], np.float32)
-    cv2.polylines(mask, [np.round(pts).astype(np.int32)], False, 1.0, 1, cv2.LINE_AA)
-    target = 255.0 if rng.random() < 0.5 else 0.0
-    return _blend(tile, mask * rng.uniform(0.4, 0.9), target)
+    mask = np.zeros((h, w), np.float32)
+    cv2.polylines(mask, [np.round(pts).astype(np.int32)], False, 1.0, int(rng.integers(1, 3)), cv2.LINE_AA)
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    return _lift(image, mask, sign * rng.uniform(40, 110)), mask
 
 
-def spot(tile: np.ndarray, rng: np.random.Generator, _others: np.ndarray | None = None) -> np.ndarray:
+def spot(image: np.ndarray, rng: np.random.Generator, _others: Sequence[np.ndarray] | None = None) -> Painted:
     """A soft-edged elliptical blob (hole, stain, inclusion), darker or brighter."""
-    s = tile.shape[0]
-    mask = np.zeros(tile.shape[:2], np.float32)
-    centre = tuple(int(v) for v in rng.uniform(0.1 * s, 0.9 * s, 2))
-    axes = tuple(int(v) for v in rng.uniform(s / 40, s / 8, 2).clip(1))
+    h, w = image.shape[:2]
+    s = min(h, w)
+    mask = np.zeros((h, w), np.float32)
+    centre = tuple(int(v) for v in rng.uniform(0.1, 0.9, 2) * (w, h))
+    axes = tuple(int(v) for v in rng.uniform(s / 50, s / 10, 2).clip(1))
     cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1, cv2.LINE_AA)
     mask = cv2.GaussianBlur(mask, (0, 0), max(0.5, min(axes) / 3))
-    mean = float(tile.mean())
-    target = mean * rng.uniform(0.1, 0.5) if rng.random() < 0.65 else min(255.0, mean + rng.uniform(50, 120))
-    return _blend(tile, mask * rng.uniform(0.6, 1.0), target)
+    if rng.random() < 0.65:
+        return _shade(image, mask, rng.uniform(0.15, 0.6)), mask
+    return _lift(image, mask, rng.uniform(50, 120)), mask
 
 
-def patch(tile: np.ndarray, rng: np.random.Generator, others: np.ndarray | None = None) -> np.ndarray:
-    """Cut-and-paste: a rectangle of another good tile (or this one), flipped, rotated, re-lit."""
-    s = tile.shape[0]
-    source = others[rng.integers(len(others))] if others is not None and len(others) else tile
-    h, w = (int(v) for v in rng.uniform(s / 10, s / 3, 2))
-    y0, x0 = int(rng.integers(0, s - h + 1)), int(rng.integers(0, s - w + 1))
-    piece = source[y0:y0 + h, x0:x0 + w].astype(np.float32)
+def patch(image: np.ndarray, rng: np.random.Generator, others: Sequence[np.ndarray] | None = None) -> Painted:
+    """Cut-and-paste: a rectangle of another good image (or this one), flipped, rotated, re-lit,
+    pasted elsewhere with a feathered edge."""
+    h, w = image.shape[:2]
+    s = min(h, w)
+    source = image
+    if others is not None and len(others):
+        candidate = others[int(rng.integers(len(others)))]
+        if candidate.shape[2:] == image.shape[2:] and min(candidate.shape[:2]) >= s // 3:
+            source = candidate
+    side = int(max(4, min(source.shape[:2]) // 3))
+    ph, pw = (int(v) for v in rng.uniform(max(3, s / 12), side, 2))
+    y0 = int(rng.integers(0, source.shape[0] - ph + 1))
+    x0 = int(rng.integers(0, source.shape[1] - pw + 1))
+    piece = source[y0:y0 + ph, x0:x0 + pw].astype(np.float32)
     if rng.random() < 0.5:
         piece = piece[:, ::-1]
     piece = np.rot90(piece, int(rng.integers(0, 4)))
     piece = piece * rng.uniform(0.6, 1.4) + rng.uniform(-30, 30)
     ph, pw = piece.shape[:2]
-    y1, x1 = int(rng.integers(0, s - ph + 1)), int(rng.integers(0, s - pw + 1))
-    out = tile.copy()
-    out[y1:y1 + ph, x1:x1 + pw] = np.clip(piece, 0, 255).astype(np.uint8).reshape(ph, pw, -1)
-    return out
+    if ph > h or pw > w:
+        piece = piece[:h, :w]
+        ph, pw = piece.shape[:2]
+    y1, x1 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    mask = np.zeros((h, w), np.float32)
+    mask[y1:y1 + ph, x1:x1 + pw] = 1.0
+    mask = cv2.GaussianBlur(mask, (0, 0), 1.0) * mask
+    canvas = image.astype(np.float32)
+    canvas[y1:y1 + ph, x1:x1 + pw] = piece.reshape(ph, pw, -1)
+    m = mask[:, :, None]
+    out = image.astype(np.float32) * (1.0 - m) + canvas * m
+    return np.clip(out, 0, 255).astype(np.uint8), mask
 
 
-KINDS: dict[str, Callable[..., np.ndarray]] = {"crack": crack, "scratch": scratch, "spot": spot, "patch": patch}
+KINDS: dict[str, Callable[..., Painted]] = {"crack": crack, "scratch": scratch, "spot": spot, "patch": patch}
 
 
-def make_pseudo_anomalies(normals: np.ndarray, count: int, rng: np.random.Generator,
-                          kinds: tuple[str, ...] = tuple(KINDS)) -> np.ndarray:
-    """``count`` pseudo-anomalous tiles (count, S, S, C) painted on randomly chosen good tiles."""
+def make_pseudo_anomalies(normals: Sequence[np.ndarray], count: int, rng: np.random.Generator,
+                          kinds: tuple[str, ...] = tuple(KINDS)) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``count`` pseudo-anomalous images painted on randomly chosen good ones (any sizes), and their
+    masks (H, W) float32 in [0, 1]: (images, masks)."""
     if len(normals) == 0:
-        raise ValueError("pseudo-anomalies need good tiles to paint on")
+        raise ValueError("pseudo-anomalies need good images to paint on")
     painters = [KINDS[k] for k in kinds]
-    out = np.empty((count, *normals.shape[1:]), np.uint8)
-    for i in range(count):
-        tile = normals[rng.integers(len(normals))]
+    images, masks = [], []
+    for _ in range(count):
+        image = normals[int(rng.integers(len(normals)))]
+        mask = np.zeros(image.shape[:2], np.float32)
         for _ in range(1 + int(rng.random() < 0.25)):
-            tile = painters[rng.integers(len(painters))](tile, rng, normals)
-        out[i] = tile
-    return out
+            image, painted = painters[int(rng.integers(len(painters)))](image, rng, normals)
+            mask = np.maximum(mask, painted)
+        images.append(image)
+        masks.append(mask)
+    return images, masks

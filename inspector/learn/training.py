@@ -104,6 +104,96 @@ class _BatchSampler:
 
 
 @dataclass
+class FeatureTrainingData:
+    """Patch descriptors (D, h, w) of whole images, for a method trained on a frozen backbone's
+    features (computed once: the backbone does not train).
+
+    ``pseudo_masks`` (1, h, w) hold each cell's painted share for the pseudo-anomalous images;
+    ``labelled`` real defects come without masks (the method finds the defect in the image).  A
+    batch draws a share ``labelled_share`` of its anomalous images from the labelled ones when both
+    pools have some.
+    """
+
+    normal: list[torch.Tensor]
+    pseudo: list[torch.Tensor] = field(default_factory=list)
+    pseudo_masks: list[torch.Tensor] = field(default_factory=list)
+    labelled: list[torch.Tensor] = field(default_factory=list)
+    labelled_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        if len(self.pseudo) != len(self.pseudo_masks):
+            raise ValueError("every pseudo-anomalous image needs its mask")
+
+    @property
+    def n_labelled(self) -> int:
+        return len(self.labelled)
+
+    @property
+    def n_pseudo(self) -> int:
+        return len(self.pseudo)
+
+
+def _stack_padded(maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps (K, h_i, w_i) zero-padded to the largest: (B, K, H, W) and the valid cells (B, 1, H, W)."""
+    h = max(m.shape[1] for m in maps)
+    w = max(m.shape[2] for m in maps)
+    out = maps[0].new_zeros(len(maps), maps[0].shape[0], h, w)
+    valid = torch.zeros(len(maps), 1, h, w, dtype=torch.bool, device=maps[0].device)
+    for i, m in enumerate(maps):
+        out[i, :, :m.shape[1], :m.shape[2]] = m
+        valid[i, :, :m.shape[1], :m.shape[2]] = True
+    return out, valid
+
+
+class _FeatureSampler:
+    """Draws batches of whole images' features; kept on the device in float16 (no copy per step)."""
+
+    def __init__(self, data: FeatureTrainingData, device: torch.device, uses_anomalies: bool,
+                 needs_anomalies: bool) -> None:
+        def put(maps):
+            return [m.to(device, torch.float16) for m in maps]
+
+        self.device = device
+        self.normal = put(data.normal)
+        self.pseudo = put(data.pseudo) if uses_anomalies else []
+        self.masks = [m.to(device, torch.float16) for m in data.pseudo_masks] if uses_anomalies else []
+        self.labelled = put(data.labelled) if uses_anomalies else []
+        self.share = data.labelled_share if self.pseudo else 1.0
+        if needs_anomalies and not self.pseudo and not self.labelled:
+            raise ValueError("this method learns from anomalies: give labelled defects or pseudo-anomalies")
+
+    def _pick(self, pool: list[torch.Tensor], n: int) -> list[int]:
+        return torch.randint(len(pool), (n,)).tolist()
+
+    def __call__(self, batch_size: int) -> TrainBatch:
+        normal, normal_valid = _stack_padded([self.normal[i].float() for i in self._pick(self.normal, batch_size)])
+        if not self.pseudo and not self.labelled:
+            return TrainBatch(normal, normal_valid=normal_valid)
+        n_real = 0
+        if self.labelled:
+            n_real = batch_size if not self.pseudo else int(torch.rand(batch_size).lt(self.share).sum())
+        maps, masks, real = [], [], []
+        for i in self._pick(self.labelled, n_real) if n_real else []:
+            maps.append(self.labelled[i].float())
+            masks.append(torch.zeros(1, *maps[-1].shape[1:], device=self.device))
+            real.append(True)
+        for i in self._pick(self.pseudo, batch_size - n_real):
+            maps.append(self.pseudo[i].float())
+            masks.append(self.masks[i].float())
+            real.append(False)
+        anomalous, anomalous_valid = _stack_padded(maps)
+        anomalous_masks, _ = _stack_padded(masks)
+        return TrainBatch(normal, anomalous, torch.tensor(real, device=self.device), anomalous_masks,
+                          normal_valid=normal_valid, anomalous_valid=anomalous_valid)
+
+
+def _sampler(data: TrainingData | FeatureTrainingData, detector: Detector, flips: bool):
+    if isinstance(data, FeatureTrainingData):
+        return _FeatureSampler(data, detector.device, detector.uses_anomalies, detector.needs_anomalies)
+    return _BatchSampler(data, detector.device, detector.uses_anomalies, flips, detector.needs_anomalies)
+
+
+@dataclass
 class TrainConfig:
     epochs: int
     steps_per_epoch: int
@@ -152,17 +242,16 @@ def _load_checkpoint(path: Path, detector: Detector) -> tuple[int, int, float]:
                               f"({type(exc).__name__}); delete it to train from the start") from exc
 
 
-def train(detector: Detector, data: TrainingData, config: TrainConfig, *,
+def train(detector: Detector, data: TrainingData | FeatureTrainingData, config: TrainConfig, *,
           progress: ProgressCallback | None = None,
           should_cancel: Callable[[], bool] | None = None) -> TrainReport:
-    """Train ``detector`` (already on its device) in place.
+    """Train ``detector`` (already on its device) in place, on tiles or on whole images' features.
 
     Stops when the epochs are done or the time budget is spent (between steps); raises
     ``TrainingCancelled`` when ``should_cancel`` answers True.  With a ``checkpoint_path`` the
     state is saved after every epoch, and ``resume`` continues from the file if it is there.
     """
-    device = detector.device
-    sampler = _BatchSampler(data, device, detector.uses_anomalies, config.flips, detector.needs_anomalies)
+    sampler = _sampler(data, detector, config.flips)
     detector.make_optimizers()
     start_epoch, steps_done, seconds_before = 0, 0, 0.0
     ckpt = config.checkpoint_path

@@ -39,6 +39,8 @@ HEAT_STEP = 4
 
 TRACE_LENGTH = 300
 EMBEDDING_POINTS = 1500
+#: At most this many of a frame's tiles or patches enter the embedding view.
+EMBEDDING_PER_FRAME = 64
 PLOT_HZ = 8.0
 VERDICT_STYLE = {
     "OK": "background:#2f9e44; color:white;",
@@ -119,8 +121,8 @@ class FrameView(pg.GraphicsLayoutWidget):
 
 
 class EmbeddingView(pg.PlotWidget):
-    """EIDN: the recent tiles in the 2-D embedding (normal at the origin, anomalies toward the ones
-    vector, as in the paper's Fig. 2).  Other methods: the histogram of recent frame scores."""
+    """EIDN: the recent frames' patches in the 2-D embedding (normal at the origin, anomalies toward
+    the ones vector, as in the paper's Fig. 2).  Other methods: the histogram of recent frame scores."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -142,7 +144,7 @@ class EmbeddingView(pg.PlotWidget):
         self.points.clear()
         self.scores.clear()
         if embedding:
-            self.setTitle("Embedding of recent tiles (EIDN)")
+            self.setTitle("Embedding of recent patches (EIDN)")
             self.setLabel("bottom", "f₁")
             self.setLabel("left", "f₂")
             self.addItem(self.scatter_ok)
@@ -159,7 +161,11 @@ class EmbeddingView(pg.PlotWidget):
     def add(self, result: FrameResult) -> None:
         if self.embedding and result.embeddings is not None:
             flagged = result.tile_scores > result.threshold
-            for (x, y), f in zip(result.embeddings[:, :2], flagged, strict=True):
+            rows = np.arange(len(flagged))
+            if len(rows) > EMBEDDING_PER_FRAME:      # a frame's patches: its worst ones and an even sample
+                worst = np.argsort(result.tile_scores)[-EMBEDDING_PER_FRAME // 4:]
+                rows = np.union1d(worst, rows[:: -(-len(rows) // (EMBEDDING_PER_FRAME - len(worst)))])
+            for (x, y), f in zip(result.embeddings[rows, :2], flagged[rows], strict=True):
                 self.points.append((float(x), float(y), bool(f)))
         elif result.error is None:
             self.scores.append(result.normalised)
