@@ -1,7 +1,7 @@
 """Choosing EIDN's settings on a validation split cut from train/ (test/ is never read).
 
-    python benchmarks/eidn_validation.py SET SCALE G [KEY=V,KEY=V ...]
-        e.g. brickwork_crack 1.0 0.05 epochs=20 epochs=40,painted_share=0.3
+    python benchmarks/eidn_validation.py SET SCALE G STAGES [KEY=V,KEY=V ...]
+        e.g. brickwork_crack 1.0 0.05 3,6 epochs=20 epochs=40,painted_share=0.3
 
 Computes the features of the split's training goods (up to 400), of 400 pseudo-anomalies painted
 on them and of the labelled defects (anomaly fraction G) once, then trains the head once per
@@ -48,12 +48,13 @@ def parse(config: str) -> dict:
 
 def main() -> None:
     name, scale, fraction = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-    configs = [parse(c) for c in sys.argv[4:]] or [{}]
+    stages = [int(s) for s in sys.argv[4].split(",")]
+    configs = [parse(c) for c in sys.argv[5:]] or [{}]
     dataset = discover(REPO.parent / "shared" / "data" / name)
     rng = np.random.default_rng(0)
     split = make_split(dataset, anomaly_fraction=fraction, rng=rng, protocol="validation")
     channels = detect_channels(dataset.train_good)
-    probe = models.create("eidn", channels=channels)
+    probe = models.create("eidn", channels=channels, stages=stages)
     backbone = probe.patch_features.backbone
     weights = pretrained_backbone(backbone.name, backbone.stages).state_dict()
     probe.patch_features.backbone.load_weights(weights)
@@ -67,7 +68,8 @@ def main() -> None:
                                whole_images(probe, probe.features, labelled) if labelled else [])
     held = load_images([item.path for item in split.evaluation], scale=scale, channels=channels).images
     is_defect = np.array([item.is_defect for item in split.evaluation])
-    print(f"{name} scale={scale} G={fraction}: {len(goods)} goods, {len(pseudo)} pseudo, {len(labelled)} labelled; "
+    print(f"{name} scale={scale} G={fraction} stages={stages}: {len(goods)} goods, {len(pseudo)} pseudo, "
+          f"{len(labelled)} labelled; "
           f"features {time.perf_counter() - t0:.0f} s; validation {len(held)} images, {int(is_defect.sum())} defective",
           flush=True)
     for config in configs:
@@ -75,7 +77,7 @@ def main() -> None:
         epochs = int(config.pop("epochs", models.get_method("eidn").defaults.epochs))
         data.labelled_share = float(config.pop("labelled_share", 0.5))
         torch.manual_seed(0)
-        detector = models.create("eidn", channels=channels, **config)
+        detector = models.create("eidn", channels=channels, stages=stages, **config)
         detector.patch_features.load_state_dict(probe.patch_features.state_dict())
         detector.begin_training(data.normal)
         t0 = time.perf_counter()

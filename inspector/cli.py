@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -140,6 +141,29 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                         "efficientnet_lite0's ship with Inspector")
 
 
+def _model_arg(text: str) -> Path:
+    """A model file, or a registry version id (``v0003``) read as its file."""
+    from .modelstore.registry import Registry, RegistryError
+
+    if text[:1] == "v" and text[1:].isdigit() and not Path(text).exists():
+        registry = Registry()
+        try:
+            return registry.path_of(registry.get(text))
+        except RegistryError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return Path(text)
+
+
+def _active_model() -> Path:
+    from .modelstore.registry import Registry
+
+    path = Registry().active_path()
+    if path is None:
+        raise InputError("no --model given and the model registry has no active model: train one, or give "
+                         "--model FILE")
+    return path
+
+
 def _roi(text: str) -> tuple[int, int, int, int]:
     try:
         x, y, w, h = (int(v) for v in text.split(","))
@@ -172,14 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a detector on a data folder and write a model file")
+    p = sub.add_parser("train", help="train a detector on a data folder; add it to the model registry")
     _add_training_args(p)
-    p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
+    p.add_argument("--out", type=Path, help="also write the model file here (.safetensors)")
+    p.add_argument("--name", help="the version's name in the registry (default: method and date)")
+    p.add_argument("--activate", action="store_true",
+                   help="make the new version the active model (the first version always is)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT's checkpoint (OUT.ckpt) left by an interrupted run")
+                   help="continue from the checkpoint left by an interrupted run of the same command")
 
     p = sub.add_parser("eval", help="score a data folder's test split with a model file")
-    p.add_argument("--model", type=Path, required=True, help="model file written by 'train'")
+    p.add_argument("--model", type=_model_arg, default=None, metavar="MODEL",
+                   help="a model file, or a registry version (v0003); default: the registry's active model")
     p.add_argument("--data", type=Path, required=True, help="data folder in the MVTec AD layout")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
@@ -198,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "index (0, 1, ...) or a stream URL (rtsp://, http://). Every result is recorded "
                                    "in the results database; anomalous items are saved as overlay images under --out.")
     p.add_argument("source", metavar="SOURCE", help="folder, image, video file, camera index or URL")
-    p.add_argument("--model", type=Path, required=True, help="model file written by 'train'")
+    p.add_argument("--model", type=_model_arg, default=None, metavar="MODEL",
+                   help="a model file, or a registry version (v0003); default: the registry's active model")
     p.add_argument("--db", type=Path, default=None,
                    help="results database (SQLite; default: the one the window uses, in the user's data folder, "
                         "so command-line runs appear in batch review); runs are appended")
@@ -214,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the last run on this folder in --db, skipping what it already recorded")
 
     p = sub.add_parser("bench-pipeline", help="measure folder and live throughput and latency of the pipeline")
-    p.add_argument("--model", type=Path, required=True, help="model file written by 'train'")
+    p.add_argument("--model", type=_model_arg, default=None, metavar="MODEL",
+                   help="a model file, or a registry version (v0003); default: the registry's active model")
     p.add_argument("--folder", type=Path, required=True, help="a folder of images (read recursively)")
     _add_inference_args(p)
     p.add_argument("--live-tile", type=_positive_int, default=LIVE_TILE,
@@ -225,8 +255,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rate at which the simulated camera offers frames (default 60)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
 
-    p = sub.add_parser("models", help="list the detection methods, or show a model file's metadata")
+    p = sub.add_parser("models", help="the model registry (list, show, activate, rollback, delete, ...); "
+                                      "with no action, the detection methods")
     p.add_argument("--show", type=Path, metavar="MODEL", help="print this model file's metadata")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    q = actions.add_parser("list", help="every version: id, name, method, created, figures, which is active")
+    q.add_argument("--json", action="store_true", help="print a JSON array of versions")
+    q = actions.add_parser("show", help="a version's record and its model file's metadata")
+    q.add_argument("version")
+    q = actions.add_parser("activate", help="make a version the active model")
+    q.add_argument("version")
+    actions.add_parser("rollback", help="make the previously active version active again")
+    q = actions.add_parser("delete", help="remove a version and its file (not the active one)")
+    q.add_argument("version")
+    q = actions.add_parser("rename", help="give a version a new name")
+    q.add_argument("version")
+    q.add_argument("name")
+    q = actions.add_parser("threshold", help="save a version with another threshold as a new version")
+    q.add_argument("version")
+    q.add_argument("value", type=float, help="the new threshold, in raw score units")
+    q.add_argument("--activate", action="store_true", help="make the new version active")
+    q = actions.add_parser("import", help="add a model file to the registry as a new version")
+    q.add_argument("file", type=Path)
+    q.add_argument("--name")
+    q.add_argument("--activate", action="store_true", help="make it the active model")
     return parser
 
 
@@ -285,17 +337,30 @@ def _report(result: dict[str, Any], json_path: Path | None) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .app.jobs import train_model
     from .modelstore.modelfile import SUFFIX, save_model
+    from .modelstore.registry import Registry
 
-    out: Path = args.out if args.out.suffix else args.out.with_suffix(SUFFIX)
+    registry = Registry()
+    out: Path | None = None
+    if args.out is not None:
+        out = args.out if args.out.suffix else args.out.with_suffix(SUFFIX)
     opts = _options(args)
-    opts.checkpoint_path = out.with_name(out.name + ".ckpt")
+    opts.checkpoint_path = (out.with_name(out.name + ".ckpt") if out is not None
+                            else registry.root / f"train-{args.method}.ckpt")
     opts.resume = args.resume
     trained = train_model(opts, progress=ProgressBar())
-    save_model(out, trained.detector, trained.metadata)
+    staged = out or registry.root / f".train-{os.getpid()}{SUFFIX}"
+    save_model(staged, trained.detector, trained.metadata)
+    try:
+        version = registry.add(staged, name=args.name, activate=args.activate, move=out is None)
+    finally:
+        if out is None:
+            staged.unlink(missing_ok=True)
     opts.checkpoint_path.unlink(missing_ok=True)
     t = trained.metadata["training"]
-    print(f"wrote {out}: {args.method}, {t['n_train_good']} good + {t['n_train_defect']} labelled defects, "
-          f"{t['epochs_done']} epochs in {t['seconds']:.0f} s on {t['device']}, "
+    active = " (active)" if registry.is_active(version.id) else ""
+    where = f"wrote {out} and registered it" if out is not None else "registered"
+    print(f"{where} as {version.id}{active}: {args.method}, {t['n_train_good']} good + {t['n_train_defect']} "
+          f"labelled defects, {t['epochs_done']} epochs in {t['seconds']:.0f} s on {t['device']}, "
           f"threshold {trained.calibration.threshold:.6g} ({trained.calibration.rule})")
     return EXIT_OK
 
@@ -432,11 +497,65 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _figures(version) -> str:
+    v = version.validation
+    parts = [f"{label} {v[key]:.3f}" for key, label in (("image_auroc", "AUROC"), ("false_alarm_rate", "FAR"),
+                                                          ("recall", "recall")) if isinstance(v.get(key), float)]
+    return ", ".join(parts) or "no figures"
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from .modelstore.modelfile import read_metadata
+    from .modelstore.registry import Registry
+
+    registry = Registry()
+    if args.action == "list":
+        listed = registry.list()
+        if args.json:
+            print(json.dumps([item.to_dict() for item in listed], indent=2))
+            return EXIT_OK
+        if not listed:
+            print(f"no models in the registry ({registry.root}); 'train' adds one")
+        for item in listed:
+            v = item.version
+            mark = "*" if item.active else " "
+            print(f"{mark} {v.id}  {v.name:<28} {v.method:<9} {v.created[:16]:<16}  {_figures(v)}"
+                  + (f"  [{item.problem}]" if item.problem else ""))
+        return EXIT_OK
+    if args.action == "show":
+        version = registry.get(args.version)
+        record = {"record": next(i.to_dict() for i in registry.list() if i.version.id == version.id)}
+        record["model_file"] = read_metadata(registry.path_of(version))
+        print(json.dumps(record, indent=2))
+        return EXIT_OK
+    if args.action == "activate":
+        version = registry.activate(args.version)
+        print(f"active: {version.id} {version.name}")
+    elif args.action == "rollback":
+        version = registry.rollback()
+        print(f"rolled back; active: {version.id} {version.name}")
+    elif args.action == "delete":
+        registry.delete(args.version)
+        print(f"deleted {args.version}")
+    elif args.action == "rename":
+        version = registry.rename(args.version, args.name)
+        print(f"{version.id} is now named {version.name!r}")
+    elif args.action == "threshold":
+        version = registry.save_threshold(args.version, args.value, activate=args.activate)
+        print(f"saved {version.id} ({version.name})" + (", active" if registry.is_active(version.id) else ""))
+    elif args.action == "import":
+        version = registry.add(args.file, name=args.name, made_from=f"import {args.file}", activate=args.activate)
+        print(f"imported {args.file} as {version.id}" + (" (active)" if registry.is_active(version.id) else ""))
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import models
 
     from .modelstore.modelfile import read_metadata
 
+    if args.action is not None:
+        return cmd_registry(args)
     if args.show:
         print(json.dumps(read_metadata(args.show), indent=2))
         return EXIT_OK
@@ -481,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     from .learn.training import TrainingCancelled
 
     try:
+        if hasattr(args, "model") and args.model is None:
+            args.model = _active_model()
         return COMMANDS[args.command](args)
     except (InspectorError, models.UnknownMethodError) as exc:
         print(f"error: {exc}", file=sys.stderr)

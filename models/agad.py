@@ -64,16 +64,21 @@ def generator_loss_normal(y_hat: torch.Tensor, x: torch.Tensor, x_hat: torch.Ten
 
 def generator_loss_anomalous(ya_hat: torch.Tensor, xa: torch.Tensor, xa_hat: torch.Tensor, xa_hat2: torch.Tensor,
                              za: torch.Tensor, za_hat: torch.Tensor, w: LossWeights,
-                             fail_reconstruction: bool = False) -> torch.Tensor:
+                             normal_error: torch.Tensor | None = None) -> torch.Tensor:
     """Labelled anomalies, reciprocal terms: l_adv / BCE(y^, 0) + l_adcon / ||x^ - x^'||_1 + l_lat / ||z - z^||_2^2.
 
-    With ``fail_reconstruction`` also l_con / ||x_a - G(x_a)||_1 (the paper's eq. 3 goal: G should
-    not reconstruct anomalies).
+    With ``normal_error`` e_n (the normal tiles' ||x - G(x)||_1 this step) also
+    l_con e_n / ||x_a - G(x_a)||_1: the paper's eq. 3 goal, that G should not reconstruct anomalies,
+    acting on the reconstruction error that is the score.  Scaled by e_n (a constant for the
+    step), its pull is the normal reconstruction term's own size when an anomaly is reconstructed
+    as well as a good tile, and fades as it is reconstructed worse; the bare reciprocal 1 / e_a pulls
+    with 1 / e_a^2, hundreds of times harder than the term G learns from (0.60 against 0.73 for no
+    labels on casting, measured with it).
     """
     total = (w.adv / (_bce(ya_hat, 0.0) + EPS) + w.adcon / ((xa_hat - xa_hat2).abs().mean() + EPS)
              + w.lat / ((za - za_hat).pow(2).mean() + EPS))
-    if fail_reconstruction:
-        total = total + w.con / ((xa - xa_hat).abs().mean() + EPS)
+    if normal_error is not None:
+        total = total + w.con * normal_error.detach() / ((xa - xa_hat).abs().mean() + EPS)
     return total
 
 
@@ -151,7 +156,7 @@ class AGAD(Detector):
 
     def __init__(self, *, size: int = 32, channels: int = 3, generator: str = "unet", lr: float = 2e-4,
                  w_adv: float = 1.0, w_con: float = 50.0, w_adcon: float = 15.0, w_lat: float = 5.0,
-                 contextual_adversarial: bool = False, fail_anomaly_reconstruction: bool = False,
+                 contextual_adversarial: bool = False, fail_anomaly_reconstruction: bool = True,
                  pseudo_anomalies: bool = False, min_anomalies: int = 32,
                  detach_reconstruction: bool = False) -> None:
         super().__init__(size=size, channels=channels)
@@ -213,8 +218,9 @@ class AGAD(Detector):
             ya_hat, za_hat = self.D(xa_hat)
             with torch.no_grad():
                 za = self.D(xa)[1]
+            normal_error = (x - x_hat).abs().mean() if self.fail_reconstruction else None
             loss_g = loss_g + generator_loss_anomalous(ya_hat, xa, xa_hat, self.G(self._again(xa_hat)), za, za_hat, w,
-                                                       self.fail_reconstruction)
+                                                       normal_error)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()

@@ -15,9 +15,10 @@ The adversarial terms of the shared encoders then cancel, and the game is played
 on brickwork, that ranked defects in reverse (image AUROC 0.37).
 
 Score = w1 ||z - z2||^2 + w2 ||z - z1'||^2 with w2 = 1 - w1; ``score_w1`` may be changed after
-loading (the operator's sensitivity knob).  The difference map combines |x - x2| and |x - x1'|
-with the same weights, averaged over channels.  The paper gives no values for the loss weights
-alpha (image) and beta (latent); both are 1 here.
+loading (the operator's sensitivity knob).  ``score_space="image"`` takes the same weighted sum of
+the image errors, w1 ||x - x2||^2 + w2 ||x - x1'||^2, instead of the latent ones.  The difference
+map combines |x - x2| and |x - x1'| with the same weights, averaged over channels.  The paper gives
+no values for the loss weights alpha (image) and beta (latent); both are 1 here.
 
 Ablation switches (the paper's Table 5): ``paths=1`` trains EDE1 alone on reconstruction
 (score ||z - z1||^2, map |x - x1|); ``adversarial=False`` keeps both paths on reconstruction only.
@@ -79,12 +80,15 @@ class EDE(Detector):
 
     def __init__(self, *, size: int = 32, channels: int = 3, latent: int = 100, base_width: int = 32,
                  lr: float = 1e-3, alpha: float = 1.0, beta: float = 1.0, score_w1: float = 0.5, paths: int = 2,
-                 adversarial: bool = True) -> None:
+                 adversarial: bool = True, score_space: str = "latent") -> None:
         super().__init__(size=size, channels=channels)
         if paths not in (1, 2):
             raise ValueError(f"paths must be 1 or 2, got {paths}")
         if not 0.0 <= score_w1 <= 1.0:
             raise ValueError(f"score_w1 must be in [0, 1], got {score_w1}")
+        if score_space not in ("latent", "image"):
+            raise ValueError(f"score_space must be 'latent' or 'image', got {score_space!r}")
+        self.score_space = score_space
         shape = {"size": size, "channels": channels, "latent": latent, "base_width": base_width}
         self.E1 = Encoder(**shape, final=nn.Tanh())
         self.E2 = Encoder(**shape, final=nn.Tanh())
@@ -137,6 +141,9 @@ class EDE(Detector):
     def infer(self, x: torch.Tensor) -> Inference:
         p = self.passes(x)
         w1, w2 = (self.score_w1, 1.0 - self.score_w1) if self.D2 is not None else (1.0, 0.0)
-        scores = w1 * (p.z - p.z2).pow(2).flatten(1).mean(1) + w2 * (p.z - p.z1p).pow(2).flatten(1).mean(1)
+        if self.score_space == "latent":
+            scores = w1 * (p.z - p.z2).pow(2).flatten(1).mean(1) + w2 * (p.z - p.z1p).pow(2).flatten(1).mean(1)
+        else:
+            scores = w1 * (x - p.x2).pow(2).flatten(1).mean(1) + w2 * (x - p.x1p).pow(2).flatten(1).mean(1)
         maps = w1 * (x - p.x2).abs() + w2 * (x - p.x1p).abs()
         return Inference(scores=scores, maps=maps.mean(dim=1, keepdim=True))

@@ -48,17 +48,19 @@ def test_agad_anomaly_loss_is_reciprocal():
     # l_adv / BCE(0-logit, 0) + l_adcon / ||x^ - x^'||_1 + l_lat / ||z - z^||^2
     expected = 1 / LN2 + 15 / 0.5 + 5 / 0.25
     assert generator_loss_anomalous(*args).item() == pytest.approx(expected, rel=1e-4)
-    assert generator_loss_anomalous(*args, fail_reconstruction=True).item() == pytest.approx(
-        expected + 50 / 0.4, rel=1e-4)
+    e_n = torch.tensor(0.1)
+    assert generator_loss_anomalous(*args, normal_error=e_n).item() == pytest.approx(
+        expected + 50 * 0.1 / 0.4, rel=1e-4)
 
-    def grad(fail: bool) -> torch.Tensor:
+    def grad(normal_error) -> torch.Tensor:
         xa_hat = full(0.4).requires_grad_()
         generator_loss_anomalous(torch.zeros(2), full(0.0), xa_hat, full(0.9), full(0.0, (2, 8)), full(0.5, (2, 8)),
-                                 w, fail_reconstruction=fail).backward()
+                                 w, normal_error=normal_error).backward()
         return xa_hat.grad
 
-    # the eq. 3 option adds a push of G(x_a) away from x_a = 0 (descent raises it): fail on anomalies
-    assert (grad(True) - grad(False) < 0).all()
+    # eq. 3's term pushes G(x_a) away from x_a = 0 (descent raises it): G fails on anomalies, in the
+    # reconstruction error that is the score
+    assert (grad(e_n) - grad(None) < 0).all()
 
 
 def test_agad_discriminator_loss_values():

@@ -41,6 +41,7 @@ from ..learn.pseudo_anomalies import make_pseudo_anomalies
 from ..learn.splits import Split, make_split
 from ..learn.training import FeatureTrainingData, TrainConfig, TrainingData, TrainReport, seed_everything, train
 from ..modelstore.modelfile import build_metadata
+from ..modelstore.registry import data_hash
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,8 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
         raise DatasetError(f"{opts.data}: none of the held-out good images could be scored")
     calibration = calibrate(np.array(good_scores), false_alarm_rate=opts.false_alarm_rate)
     training = {
-        "data": str(opts.data), "seed": opts.seed, "device": device_name(device), "protocol": opts.protocol,
+        "data": str(opts.data), "data_hash": data_hash([*split.train_good, *split.labelled]),
+        "seed": opts.seed, "device": device_name(device), "protocol": opts.protocol,
         "anomaly_fraction": opts.anomaly_fraction,
         "n_train_good": counts["n_train_good"], "n_train_defect": counts["n_train_defect"],
         "n_pseudo_anomalies": counts["n_pseudo_anomalies"], "n_calibration_good": len(good_scores),
