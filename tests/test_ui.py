@@ -273,3 +273,31 @@ def test_without_a_display_the_window_says_what_to_do_instead():
     done = subprocess.run([sys.executable, "main.py"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and "python main.py inspect" in done.stderr
+
+
+def test_the_model_chooser_lists_registry_versions_and_switches_the_active_one(qtbot, window, tmp_path):
+    from inspector.faults import make_model
+    from inspector.modelstore.registry import Registry
+
+    registry = Registry(tmp_path / "models")
+    first = registry.add(make_model(tmp_path / "a.safetensors"), name="day shift")
+    second = registry.add(make_model(tmp_path / "b.safetensors", seed=1), name="night shift")
+    w = window(autostart=False)
+    qtbot.waitUntil(lambda: w.model_path is not None, timeout=30_000)
+    assert w.model_path == registry.path_of(first)                # the active version, nothing remembered
+    labels = [w.model_box.itemText(i) for i in range(w.model_box.count())]
+    assert any(t.startswith("v0001 day shift · ") and t.endswith("(active)") for t in labels)
+    assert any(t.startswith("v0002 night shift · ") and "(active)" not in t for t in labels)
+    w._model_chosen(w.model_box.findData(str(registry.path_of(second))))
+    qtbot.waitUntil(lambda: w.model_path == registry.path_of(second), timeout=30_000)
+    w.activate_chosen()
+    assert registry.active().id == second.id
+    assert "(active)" in w.model_box.itemText(w.model_box.findData(str(registry.path_of(second))))
+    w.live_view.threshold_spin.setValue(0.7)
+    w.save_threshold()
+    third = registry.list()[-1].version
+    assert third.id == "v0003" and third.made_from == "threshold of v0002"
+    assert third.threshold == pytest.approx(w.model_inspector.calibration.denormalise(0.7))
+    w.rollback()
+    assert registry.active().id == first.id
+    qtbot.waitUntil(lambda: w.model_path == registry.path_of(first), timeout=30_000)

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMainWindow,
+    QMessageBox,
     QPushButton,
     QTabWidget,
     QToolBar,
@@ -33,7 +34,9 @@ from ..detect.device import device_name
 from ..detect.pipeline import Inspector
 from ..frames.frame import SourceState, SourceStatus
 from ..frames.images import write_image
+from ..modelstore.registry import Registry, RegistryError, Version
 from ..results.overlay import render
+from . import help_text
 from .batch_view import BatchView
 from .live_view import LiveView
 from .settings import DEMO_MODEL, AppSettings, SettingsDialog
@@ -67,7 +70,9 @@ class MainWindow(QMainWindow):
         self.batch_thread: QThread | None = None
         self._pending_start = False
 
+        self.registry = Registry(self.settings.models_dir)
         self._build_toolbar()
+        self._build_menus()
         self.banner = QLabel()
         self.banner.setVisible(False)
         self.banner.setWordWrap(True)
@@ -120,15 +125,41 @@ class MainWindow(QMainWindow):
         self.stop_action = QAction("Stop", self, triggered=self.stop)
         self.snapshot_action = QAction("Snapshot", self, triggered=self.snapshot)
         self.snapshot_action.setShortcut(QKeySequence("S"))
-        settings_action = QAction("Settings…", self, triggered=self.edit_settings)
         for w in (QLabel(" Source "), self.source_kind, self.source_value, self.source_browse, QLabel("  Model "),
                   self.model_box):
             bar.addWidget(w)
         bar.addSeparator()
-        for a in (self.start_action, self.pause_action, self.stop_action, self.snapshot_action, settings_action):
+        for a in (self.start_action, self.pause_action, self.stop_action, self.snapshot_action):
             bar.addAction(a)
             self.addAction(a)         # shortcuts work wherever the focus is
         self._set_running(False)
+
+    def _build_menus(self) -> None:
+        """File, Models (the registry) and Help: what does not fit a 1024-pixel toolbar lives here."""
+        menu = self.menuBar().addMenu("&File")
+        menu.addAction(QAction("Settings…", self, triggered=self.edit_settings))
+        menu.addSeparator()
+        menu.addAction(QAction("Quit", self, shortcut=QKeySequence.Quit, triggered=self.close))
+        menu = self.menuBar().addMenu("&Models")
+        self.activate_action = QAction("Make the chosen model active", self, triggered=self.activate_chosen)
+        self.rollback_action = QAction("Roll back to the previous active model", self, triggered=self.rollback)
+        self.save_threshold_action = QAction("Save the live threshold as a new version", self,
+                                             triggered=self.save_threshold)
+        for a in (self.activate_action, self.rollback_action, self.save_threshold_action):
+            menu.addAction(a)
+        menu.addSeparator()
+        menu.addAction(QAction(OPEN_MODEL, self, triggered=lambda: self._model_chosen(self.model_box.count() - 1)))
+        menu = self.menuBar().addMenu("&Help")
+        for title, text in help_text.TOPICS.items():
+            menu.addAction(QAction(title, self, triggered=lambda _=False, t=title, x=text: self._explain(t, x)))
+        menu.addSeparator()
+        menu.addAction(QAction("About Inspector", self, triggered=self.about))
+
+    def _explain(self, title: str, text: str) -> None:
+        QMessageBox.information(self, title, text)
+
+    def about(self) -> None:
+        QMessageBox.about(self, "About Inspector", help_text.about())
 
     def _build_status_bar(self) -> None:
         self.device_label, self.model_label = QLabel("device: —"), QLabel("model: —")
@@ -201,24 +232,98 @@ class MainWindow(QMainWindow):
 
     # -- model ------------------------------------------------------------------------------------
     def _refresh_models(self) -> None:
+        """The chooser: the demo model, every registry version (name, date, figures; the active one
+        marked), model files the user opened; the remembered choice, else the active version, else the demo."""
         remembered = self.qs.value("model/path")
-        paths = []
-        if DEMO_MODEL.is_file():
-            paths.append(DEMO_MODEL)
-        if self.settings.models_dir.is_dir():
-            paths += sorted(self.settings.models_dir.glob("*.safetensors"))
-        if remembered and Path(remembered).is_file() and Path(remembered) not in paths:
-            paths.append(Path(remembered))
         self.model_box.clear()
-        for p in paths:
-            self.model_box.addItem("demo model" if p == DEMO_MODEL else p.stem, str(p))
+        if DEMO_MODEL.is_file():
+            self.model_box.addItem("demo model", str(DEMO_MODEL))
+        active = None
+        try:
+            for item in self.registry.list():
+                path = str(self.registry.path_of(item.version))
+                self.model_box.addItem(version_label(item.version, item.active, item.problem), path)
+                self.model_box.setItemData(self.model_box.count() - 1, version_tooltip(item.version), Qt.ToolTipRole)
+                if item.active and item.problem is None:
+                    active = path
+        except RegistryError as exc:
+            self.notify(f"The model registry cannot be read: {exc}", "error", sticky=True)
+        if remembered and Path(remembered).is_file() and self.model_box.findData(remembered) < 0:
+            self.model_box.addItem(Path(remembered).stem, remembered)
         self.model_box.addItem(OPEN_MODEL, None)
-        choice = remembered if remembered and Path(remembered).is_file() else (str(paths[0]) if paths else None)
+        if remembered and Path(remembered).is_file():
+            choice = remembered
+        else:
+            choice = active or (str(DEMO_MODEL) if DEMO_MODEL.is_file() else None)
         if choice is not None:
             self.model_box.setCurrentIndex(self.model_box.findData(choice))
             self.load_model(Path(choice))
         else:
             self.notify("No model yet: train one (python main.py train …) and open it here.", "warning", sticky=True)
+
+    def _chosen_version(self) -> Version | None:
+        """The registry version the window is inspecting with, if it is one."""
+        if self.model_path is None:
+            return None
+        for item in self.registry.list():
+            if self.registry.path_of(item.version) == self.model_path:
+                return item.version
+        return None
+
+    def _registry_changed(self, message: str) -> None:
+        self._relabel_models()
+        self.notify(message, "info")
+
+    def _relabel_models(self) -> None:
+        """The chooser after a version was activated or added, without reloading the current model."""
+        listed = {str(self.registry.path_of(item.version)): item for item in self.registry.list()}
+        shown = set()
+        for i in range(self.model_box.count()):
+            item = listed.get(self.model_box.itemData(i))
+            if item is not None:
+                self.model_box.setItemText(i, version_label(item.version, item.active, item.problem))
+                shown.add(self.model_box.itemData(i))
+        for path, item in listed.items():
+            if path not in shown:
+                self.model_box.insertItem(self.model_box.count() - 1,
+                                          version_label(item.version, item.active, item.problem), path)
+                self.model_box.setItemData(self.model_box.count() - 2, version_tooltip(item.version), Qt.ToolTipRole)
+        self._show_current_model()
+
+    def activate_chosen(self) -> None:
+        version = self._chosen_version()
+        if version is None:
+            self.notify("The chosen model is not a registry version: train one, or save its threshold as a "
+                        "version first (Models menu).", "warning")
+            return
+        try:
+            self.registry.activate(version.id)
+        except RegistryError as exc:
+            self.notify(str(exc), "error")
+            return
+        self._registry_changed(f"{version.id} ({version.name}) is now the active model.")
+
+    def rollback(self) -> None:
+        try:
+            version = self.registry.rollback()
+        except RegistryError as exc:
+            self.notify(str(exc), "warning")
+            return
+        self._registry_changed(f"Rolled back: {version.id} ({version.name}) is the active model again.")
+        self.load_model(self.registry.path_of(version))
+
+    def save_threshold(self) -> None:
+        """The live threshold (normalised units) as a new registry version of the current model."""
+        if self.model_inspector is None or self.model_path is None:
+            return
+        raw = self.model_inspector.calibration.denormalise(self.live_view.threshold_spin.value())
+        try:
+            source = self._chosen_version() or self.registry.add(self.model_path, made_from=f"import {self.model_path}")
+            version = self.registry.save_threshold(source.id, raw)
+        except RegistryError as exc:
+            self.notify(str(exc), "error")
+            return
+        self._registry_changed(f"Saved {version.id} ({version.name}); make it active from the Models menu.")
 
     def _model_chosen(self, index: int) -> None:
         path = self.model_box.itemData(index)
@@ -446,3 +551,26 @@ class MainWindow(QMainWindow):
         self.batch_view.close_store()
         self._save()
         super().closeEvent(event)
+
+
+def version_label(version: Version, active: bool, problem: str | None) -> str:
+    """A registry version in the chooser: id, name, date and its validation AUROC."""
+    auroc = version.validation.get("image_auroc")
+    figures = f" · AUROC {auroc:.3f}" if isinstance(auroc, float) else ""
+    mark = " (active)" if active else ""
+    missing = " — file missing" if problem else ""
+    return f"{version.id} {version.name} · {version.created[:10]}{figures}{mark}{missing}"
+
+
+def version_tooltip(version: Version) -> str:
+    data = version.data
+    counts = ", ".join(f"{k.removeprefix('n_').replace('_', ' ')} {v}" for k, v in data.items() if k.startswith("n_"))
+    lines = [f"{version.method}" + (f" on {version.backbone}" if version.backbone else ""),
+             f"created {version.created} from {version.made_from}",
+             f"data: {data.get('folder') or '—'}" + (f" ({counts})" if counts else ""),
+             f"threshold {version.threshold:.6g}" if version.threshold is not None else "threshold —"]
+    figures = {k: v for k, v in version.validation.items() if isinstance(v, float)}
+    if figures:
+        lines.append("validation: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in figures.items()))
+    return "\n".join(lines)
+
