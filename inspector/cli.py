@@ -133,9 +133,10 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=_positive_float, default=1.0,
                    help="methods on backbone features: resize images by this before the model sees them, in "
                         "training and inspection alike (default 1: native resolution)")
-    p.add_argument("--smoothing", type=_non_negative_float, default=4.0, metavar="CELLS",
+    p.add_argument("--smoothing", type=_non_negative_float, metavar="CELLS",
                    help="methods on backbone features: Gaussian smoothing of the anomaly map, in map cells, "
-                        "before the image's score is taken (default 4, chosen on validation splits)")
+                        "before the image's score is taken (default: the method's own, chosen on validation "
+                        "splits: 4 for patchcore, 1 for eidn)")
     p.add_argument("--backbone-weights", type=Path, metavar="FILE",
                    help="ImageNet weights for a torchvision backbone (--set backbone=wide_resnet50_2); "
                         "efficientnet_lite0's ship with Inspector")

@@ -100,6 +100,9 @@ class EIDN(FeatureDetector):
     needs_anomalies = True
     # A step is 16 good and 16 anomalous images' patches and ``triplets`` triplets drawn from them.
     defaults = TrainingDefaults(epochs=20, steps_per_epoch=50, batch_size=16, size=None)
+    # Per-patch embeddings are sharp: one cell of smoothing (validation, brickwork G = 0.05: 0.935 with
+    # none, 0.931 with 1, 0.918 with the memory bank's 4) keeps a hairline crack from being averaged away.
+    default_smoothing = 1.0
 
     def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
                  stages: Sequence[int] | None = None, pool: int = 3, embedding_dim: int = 2,

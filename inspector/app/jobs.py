@@ -94,8 +94,8 @@ class TrainOptions:
     hparams: dict[str, Any] = field(default_factory=dict)
     #: Fully convolutional methods: the images are resized by this before the model sees them.
     scale: float = 1.0
-    #: Fully convolutional methods: the anomaly map's Gaussian smoothing, in map cells.
-    smoothing: float = 4.0
+    #: Fully convolutional methods: the anomaly map's Gaussian smoothing, in map cells (None: the method's own).
+    smoothing: float | None = None
     backbone_weights: Path | None = None
     protocol: str = "test"
 
@@ -263,7 +263,8 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
             report, counts, config = _fit_features(detector, opts, split, channels, progress)
         else:
             report, counts, config = _train_features(detector, opts, split, channels, rng, progress, should_cancel)
-        inspection = {"scale": opts.scale, "smoothing": opts.smoothing}
+        smoothing = cls.default_smoothing if opts.smoothing is None else opts.smoothing
+        inspection = {"scale": opts.scale, "smoothing": smoothing}
     else:
         report, counts, config = _train_tiles(detector, opts, split, channels, rng, progress, should_cancel)
         inspection = {}
