@@ -50,7 +50,8 @@ def wait_for_update(qtbot, w, timeout: int = 30_000):
 def wait_for_threshold(qtbot, w, timeout: int = 30_000):
     """The first update inspected against the inspector's current threshold (a frame already in
     flight when the threshold moved was judged against the old one)."""
-    qtbot.waitUntil(lambda: w.live_view.last_update.result.threshold == w.inspector.threshold, timeout=timeout)
+    qtbot.waitUntil(lambda: w.live_view.last_update is not None
+                    and w.live_view.last_update.result.threshold == w.inspector.threshold, timeout=timeout)
     return w.live_view.last_update
 
 
@@ -258,8 +259,19 @@ def test_a_camera_lost_mid_run_shows_a_banner_and_the_window_stays(qtbot, window
     w.start()
     qtbot.waitUntil(lambda: "Camera lost" in w.banner.text(), timeout=20_000)
     assert "reconnecting (attempt" in w.banner.text() and w.isVisible()
+    assert w.live_view.frame.frame_item.image is None                 # no stale frame while it is gone
     qtbot.waitUntil(lambda: w.live_worker is None, timeout=30_000)     # 5 attempts, then a clean stop
     assert "Source stopped: lost" in w.banner.text() and w.isVisible()
+    assert w.live_view.verdict.text() == "source failed"
+
+
+def test_stopping_clears_the_last_frame_and_verdict(qtbot, window):
+    w = window()
+    wait_for_update(qtbot, w)
+    assert w.live_view.verdict.text().split()[0] in ("OK", "NG")
+    w.stop()
+    assert w.live_view.verdict.text() == "stopped" and w.live_view.frame.frame_item.image is None
+    assert not w.live_view.frame.heat_item.isVisible() and w.live_view.frame.boxes.path().isEmpty()
 
 
 def test_without_a_display_the_window_says_what_to_do_instead():

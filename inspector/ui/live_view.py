@@ -98,6 +98,13 @@ class FrameView(pg.GraphicsLayoutWidget):
         if first:
             self.view.autoRange(padding=0.0)
 
+    def clear_frame(self) -> None:
+        """No frame: what was shown belongs to a source or a model that is gone.  (Not ``clear``:
+        GraphicsLayoutWidget forwards that name to its layout, which would remove the view.)"""
+        self.frame_item.clear()
+        self.heat_item.setVisible(False)
+        self.boxes.setPath(QPainterPath())
+
     def start_roi(self) -> None:
         """Put an editable rectangle on the frame (the middle half to begin with)."""
         if self.shape is None or self.roi is not None:
@@ -278,10 +285,19 @@ class LiveView(QWidget):
         self.embedding.set_mode(method == "eidn")
         self.trace_scores.clear()
 
-    def _set_verdict(self, verdict: str, normalised: float | None) -> None:
-        text = "—" if not verdict else f"{verdict}   {normalised:.2f}"
+    def _set_verdict(self, verdict: str, normalised: float | None, note: str = "") -> None:
+        text = (note or "—") if not verdict else f"{verdict}   {normalised:.2f}"
         self.verdict.setText(text)
-        self.verdict.setStyleSheet(f"font-size:40px; font-weight:700; border-radius:8px; {VERDICT_STYLE[verdict]}")
+        size = 40 if verdict or not note else 22
+        self.verdict.setStyleSheet(f"font-size:{size}px; font-weight:700; border-radius:8px; "
+                                   f"{VERDICT_STYLE[verdict]}")
+
+    def clear(self, note: str) -> None:
+        """Stopped, source lost or model changed: the last frame and verdict leave the screen (a stale
+        NG or OK must never read as the current part's), and ``note`` says why."""
+        self.frame.clear_frame()
+        self._set_verdict("", None, note)
+        self.last_update = None
 
     def show_update(self, update: LiveUpdate) -> None:
         result = update.result

@@ -69,6 +69,8 @@ class MainWindow(QMainWindow):
         self.batch_worker: BatchWorker | None = None
         self.batch_thread: QThread | None = None
         self._pending_start = False
+        #: The live source is reconnecting or has failed: frames still queued from before are not shown.
+        self._source_lost = False
 
         self.registry = Registry(self.settings.models_dir)
         self._build_toolbar()
@@ -361,6 +363,7 @@ class MainWindow(QMainWindow):
             self.stop()
         self.model_inspector, self.inspector = inspector, inspector.copy()
         self.model_meta, self.model_path = meta, path
+        self.live_view.clear("model changed")
         self.live_view.set_method(meta["method"])
         self.live_view.set_threshold(0.5)
         if self.live_view.frame.roi is not None:
@@ -414,6 +417,7 @@ class MainWindow(QMainWindow):
             self._pending_start = True     # starts when the model has loaded
             return
         spec = self.source_spec()
+        self._source_lost = False
         worker = LiveWorker(spec, self.inspector.copy(), db_path=self.settings.results_db,
                             model_path=str(self.model_path), method=self.model_meta.get("method", ""))
         worker.update.connect(self._show_update)
@@ -450,12 +454,15 @@ class MainWindow(QMainWindow):
         self.live_worker, self.live_thread = None, None
         self._set_running(False)
         self.fps_label.setText("— fps")
+        if self.live_view.last_update is not None:       # a failed source has already said why
+            self.live_view.clear("stopped")
 
     def _live_failed(self, message: str) -> None:
         self.notify(message, "error")
 
     def _show_update(self, update: LiveUpdate) -> None:
-        if update.worker is not self.live_worker:
+        if update.worker is not self.live_worker or self._source_lost:   # frames queued before the loss
+            update.worker.shown()
             return
         self.live_view.show_update(update)
         update.worker.shown()
@@ -464,11 +471,17 @@ class MainWindow(QMainWindow):
         self.dropped_label.setText(f"dropped {update.dropped}")
 
     def _source_status(self, status: SourceStatus) -> None:
+        if status.state is SourceState.RECONNECTING or status.failed:
+            self._source_lost = True
+        elif status.state is SourceState.RUNNING:
+            self._source_lost = False
         if status.state is SourceState.RECONNECTING:
+            self.live_view.clear("camera lost")
             self.notify(f"Camera lost — {status.describe()}…", "warning", sticky=True)
         elif status.state is SourceState.RUNNING and self.banner.isVisible() and "Camera lost" in self.banner.text():
             self.notify("Camera back.", "info")
         elif status.failed:
+            self.live_view.clear("source failed")
             self.notify(f"Source stopped: {status.describe()}", "error", sticky=True)
 
     def snapshot(self) -> None:
