@@ -423,6 +423,9 @@ def _resume_point(db: Path, source_key: str, model_key: str):
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .detect.calibration import fit_warning
     from .app.inspection import InspectorSettings, load_inspector, run_inspection, run_settings, source_kind
     from .base.paths import default_results_db
     from .frames.sources import FolderSource, open_source
@@ -469,6 +472,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             if path is not None:
                 print(f"wrote {write(store, run_id, path)}")
         counts = store.counts(run_id)
+        misfit = fit_warning(np.array([r.normalised for r in store.items(run_id) if r.normalised is not None]))
+    if misfit:
+        print(f"warning: {misfit}", file=sys.stderr)
     extra = "".join(f", {n} frames {what}" for n, what in ((summary.dropped, "dropped"),
                                                           (summary.frames_lost, "lost")) if n)
     print(f"run {run_id} in {db}: {summary.status}{extra}")

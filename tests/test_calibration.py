@@ -64,3 +64,13 @@ def test_denormalise_inverts_normalise():
     for p in (0.05, 0.3, 0.5, 0.9):
         assert float(cal.normalise(cal.denormalise(p))) == pytest.approx(p, abs=1e-9)
     assert cal.denormalise(0.5) == pytest.approx(cal.threshold)
+
+
+def test_a_run_mostly_far_above_the_threshold_says_the_model_does_not_fit():
+    from inspector.detect.calibration import fit_warning
+
+    assert fit_warning(np.full(243, 1.0)).startswith("243 of 243 items scored far above the threshold")
+    line = np.r_[np.full(90, 0.1), np.full(10, 0.99)]            # a line with some defects: no warning
+    assert fit_warning(line) is None
+    assert fit_warning(np.full(10, 1.0)) is None                   # too few items to say
+    assert fit_warning(np.r_[np.full(30, np.nan), np.full(5, 1.0)]) is None    # NaN is not evidence

@@ -177,3 +177,12 @@ def test_a_stream_that_dies_stops_cleanly_with_what_was_recorded(tiny_model, tmp
         summary = run_inspection(inspector, source, store, run)
         assert summary.items == 5 and summary.status == "failed: no frames after 2 reconnect attempts"
         assert store.run(run).status == summary.status and len(store.items(run)) == 5
+
+
+def test_a_model_that_does_not_fit_the_images_says_so(brick, tmp_path, capsys):
+    from inspector.base.paths import resource
+
+    data, _ = brick
+    rc = main(["inspect", str(data / "test"), "--model", str(resource("demo-patchcore.safetensors")), "--db", str(tmp_path / "r.sqlite")])
+    assert rc == 0
+    assert "the model most likely does not fit these images" in capsys.readouterr().err

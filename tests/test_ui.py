@@ -154,10 +154,17 @@ def test_batch_review_lists_sorts_labels_and_exports(qtbot, window, tmp_path):
     qtbot.waitUntil(out.exists, timeout=10_000)
     assert len(list(csv.DictReader(out.open()))) == 11
 
-    again = BatchView(tmp_path / "results.sqlite")   # a past run reopens without scoring
+    view.kind.setCurrentText("ERROR")                 # an error row says why in place of its images
+    view.table.selectRow(0)
+    assert "not inspected — " in view.detail.note.text and view.detail.images[0].image is None
+    view.kind.setCurrentText("all")
+
+    again = BatchView(tmp_path / "results.sqlite")   # after a restart the last run opens as it was
     qtbot.addWidget(again)
-    again.refresh_runs(select=view.run.id)
+    again.refresh_runs()
+    assert again.run.id == view.run.id
     assert len(again.model.rows) == 11 and any(r.label == "NG" for r in again.model.rows)
+    assert again.hist_curve.yData.sum() == 10          # the histogram of its scored items
     again.close_store()
 
 

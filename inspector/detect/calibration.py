@@ -112,3 +112,25 @@ def calibrate(good_scores: np.ndarray, defect_scores: np.ndarray | None = None, 
     scale = spread / math.log((1 - _GOOD_MEDIAN_LEVEL) / _GOOD_MEDIAN_LEVEL)
     return Calibration(threshold=threshold, good_median=median, scale=scale, rule=rule,
                        target_false_alarm_rate=target, n_good=int(good.size), n_defect=int(defects.size))
+
+
+#: A run whose items are this far above the threshold (normalised score) ...
+FAR_ABOVE = 0.9
+#: ... this often, over at least ``FIT_MIN_ITEMS`` scored items, was most likely inspected with a model
+#: trained on other parts: a line never makes mostly defects.
+MISFIT_SHARE = 0.8
+FIT_MIN_ITEMS = 20
+
+
+def fit_warning(normalised: np.ndarray) -> str | None:
+    """A sentence when a run's scores say the model does not fit its images, else None."""
+    scores = np.asarray(normalised, dtype=np.float64)
+    scores = scores[np.isfinite(scores)]
+    if len(scores) < FIT_MIN_ITEMS:
+        return None
+    far = int((scores > FAR_ABOVE).sum())
+    if far < MISFIT_SHARE * len(scores):
+        return None
+    return (f"{far} of {len(scores)} items scored far above the threshold: the model most likely does not fit "
+            f"these images (trained on other parts, another camera or lighting). Train one on this line's good "
+            f"parts before trusting these verdicts.")

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..detect.calibration import fit_warning
 from ..detect.pipeline import ERROR, NG, OK
 from ..frames.images import read_image
 from ..frames.listing import display_name
@@ -145,6 +146,7 @@ class DetailPanel(pg.GraphicsLayoutWidget):
                 view.setYLink(self.views[0])
             self.views.append(view)
             self.images.append(item)
+        self.note = self.addLabel("", row=2, col=0, colspan=3, color="#f08c00", size="11pt")
         self.heat_over = pg.ImageItem(axisOrder="row-major")
         self.heat_over.setOpacity(0.45)
         self.views[1].addItem(self.heat_over)
@@ -152,7 +154,10 @@ class DetailPanel(pg.GraphicsLayoutWidget):
         for item in (self.heat_over, self.images[2]):
             item.setLookupTable(lut)
 
-    def show_item(self, image: np.ndarray | None, heat: np.ndarray | None) -> None:
+    def show_item(self, image: np.ndarray | None, heat: np.ndarray | None, note: str = "") -> None:
+        """An item's panes; with no image (an error row, a file gone) the panes are emptied and ``note``
+        says why in their place."""
+        self.note.setText(note)
         if image is None:
             for item in (*self.images, self.heat_over):
                 item.clear()
@@ -177,6 +182,8 @@ class BatchView(QWidget):
     runRequested = Signal(Path)
     cancelRequested = Signal()
     message = Signal(str)
+    #: The shown run's scores say its model does not fit its images (the sentence to show).
+    misfit = Signal(str)
 
     def __init__(self, db_path: Path, parent=None) -> None:
         super().__init__(parent)
@@ -292,14 +299,18 @@ class BatchView(QWidget):
             self.store = None
 
     def refresh_runs(self, select: int | None = None) -> None:
+        """The list of runs, and a run shown: ``select``, else the one shown before, else the newest."""
         store = self.open_store()
+        shown = self.run.id if self.run is not None else None
         self.runs.clear()
         for run in store.runs():      # folder runs, and the NG frames recorded by live runs
             self.runs.addItem(f"#{run.id}  {run.kind}: {display_name(run.source)}  "
                               f"({run.started[:16].replace('T', ' ')}, {run.status})", run.id)
-        if select is not None:
-            self.runs.setCurrentIndex(max(0, self.runs.findData(select)))
-            self.show_run(select)
+        choice = next((r for r in (select, shown) if r is not None and self.runs.findData(r) >= 0),
+                      self.runs.itemData(0) if self.runs.count() else None)
+        if choice is not None:
+            self.runs.setCurrentIndex(self.runs.findData(choice))
+            self.show_run(choice)
 
     def show_run(self, run_id: int | None) -> None:
         if run_id is None:
@@ -320,6 +331,9 @@ class BatchView(QWidget):
         self.hist_line.setValue(self.run.settings.get("normalised_threshold", 0.5))
         if self.proxy.rowCount():
             self.table.selectRow(0)
+        warning = fit_warning(scores) if self.run.kind == "folder" else None   # live runs record NG frames only
+        if warning:
+            self.misfit.emit(warning)
 
     # -- running ----------------------------------------------------------------------------------
     def _browse(self) -> None:
@@ -362,9 +376,12 @@ class BatchView(QWidget):
             return
         row = self.model.rows[self.proxy.mapToSource(current).row()]
         thumb, heat = self.store.images(row.id)
+        if row.error is not None:
+            self.detail.show_item(thumb, None, f"{Path(row.display).name}: not inspected — {row.error}")
+            return
         self.detail.show_item(thumb, heat)          # at once, from the database ...
         path = Path(row.item)
-        if row.error is None and path.is_file():    # ... then the full-resolution original, off the UI thread
+        if path.is_file():                          # ... then the full-resolution original, off the UI thread
             item_id = row.id
             start_task(lambda: read_image(path), lambda img: self._show_original(item_id, img, heat),
                        lambda _msg: None)

@@ -97,6 +97,7 @@ class MainWindow(QMainWindow):
         self.batch_view.runRequested.connect(self.start_batch)
         self.batch_view.cancelRequested.connect(self.cancel_batch)
         self.batch_view.message.connect(lambda m: self.notify(m, "info"))
+        self.batch_view.misfit.connect(lambda m: self.notify(m, "warning", sticky=True))
         self.tabs.currentChanged.connect(lambda i: self.batch_view.refresh_runs() if i == 1 else None)
 
         self._restore()
