@@ -425,9 +425,9 @@ def _resume_point(db: Path, source_key: str, model_key: str):
 def cmd_inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .detect.calibration import fit_warning
     from .app.inspection import InspectorSettings, load_inspector, run_inspection, run_settings, source_kind
     from .base.paths import default_results_db
+    from .detect.calibration import fit_warning
     from .frames.sources import FolderSource, open_source
     from .results.report import write_csv, write_html
     from .results.store import ResultStore
