@@ -183,6 +183,7 @@ def test_a_model_that_does_not_fit_the_images_says_so(brick, tmp_path, capsys):
     from inspector.base.paths import resource
 
     data, _ = brick
-    rc = main(["inspect", str(data / "test"), "--model", str(resource("demo-patchcore.safetensors")), "--db", str(tmp_path / "r.sqlite")])
+    demo = resource("demo-patchcore.safetensors")
+    rc = main(["inspect", str(data / "test"), "--model", str(demo), "--db", str(tmp_path / "r.sqlite")])
     assert rc == 0
     assert "the model most likely does not fit these images" in capsys.readouterr().err
