@@ -320,3 +320,61 @@ def test_the_model_chooser_lists_registry_versions_and_switches_the_active_one(q
     w.rollback()
     assert registry.active().id == first.id
     qtbot.waitUntil(lambda: w.model_path == registry.path_of(first), timeout=30_000)
+
+
+def test_the_retraining_wizard_goes_from_samples_to_an_activated_model(qtbot, window, tmp_path):
+    from conftest import write_mvtec
+    from PySide6.QtWidgets import QWizard
+
+    from inspector.modelstore.registry import Registry
+
+    data = write_mvtec(tmp_path / "line")
+    w = window(autostart=False)
+    qtbot.waitUntil(lambda: w.inspector is not None, timeout=20_000)
+    wizard = w.open_wizard()
+    page = wizard.samples_page
+    assert not page.isComplete()                                   # no samples yet
+    page.goods.setText(str(data / "train" / "good"))
+    page.defects.setText(str(data / "train" / "defect"))
+    qtbot.waitUntil(lambda: "40 good samples, 10 labelled defects" in page.counter.text(), timeout=5_000)
+    assert page.isComplete()
+    wizard.next()
+    assert wizard.method_page.method.currentData() == "eidn"       # defects given: the method that uses them
+    wizard.method_page.method.setCurrentIndex(wizard.method_page.method.findData("patchcore"))
+    assert "min on this machine" in wizard.method_page.estimate.text()
+    wizard.next()
+    qtbot.waitUntil(wizard.train_page.isComplete, timeout=120_000)
+    assert "Trained in" in wizard.train_page.message.text()
+    wizard.next()
+    assert "new model" in wizard.validate_page.figures.text() and "active model" in wizard.validate_page.figures.text()
+    assert wizard.validate_page.examples.count() > 0
+    wizard.next()
+    wizard.threshold_page.slider.setValue(80)
+    assert "false alarms" in wizard.threshold_page.readout.text() and "recall" in wizard.threshold_page.readout.text()
+    wizard.next()
+    wizard.activate_page.name.setText("line 3, spring")
+    wizard.button(QWizard.FinishButton).click()
+    registry = Registry(tmp_path / "models")
+    active = registry.active()
+    assert active is not None and active.name == "line 3, spring" and active.made_from == "retraining wizard"
+    qtbot.waitUntil(lambda: w.model_path == registry.path_of(active), timeout=30_000)
+
+
+def test_a_cancelled_wizard_training_leaves_the_registry_as_it_was(qtbot, window, tmp_path):
+    from conftest import write_mvtec
+
+    from inspector.modelstore.registry import Registry
+
+    data = write_mvtec(tmp_path / "line", n_train=60)
+    w = window(autostart=False)
+    qtbot.waitUntil(lambda: w.inspector is not None, timeout=20_000)
+    wizard = w.open_wizard()
+    wizard.samples_page.goods.setText(str(data / "train" / "good"))
+    qtbot.waitUntil(wizard.samples_page.isComplete, timeout=5_000)
+    wizard.next()
+    wizard.method_page.preset.setCurrentIndex(wizard.method_page.preset.findData("accurate"))
+    wizard.next()
+    wizard.train_page._cancel()
+    qtbot.waitUntil(lambda: "Cancelled" in wizard.train_page.message.text(), timeout=60_000)
+    assert not wizard.train_page.isComplete()
+    assert Registry(tmp_path / "models").list() == []

@@ -480,6 +480,23 @@ class ResultStore:
         self._write(lambda db: db.execute("UPDATE items SET label=?, labelled=? WHERE id=?",
                                           (label, _now() if label else None, item_id)))
 
+    def labelled_files(self, label: str) -> list[Path]:
+        """The files operators labelled ``label`` (OK or NG), across all runs, that still exist: the
+        feedback offered to the next retraining.  An item's latest label counts."""
+        if label not in LABELS:
+            raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+        rows = self._db.execute(
+            "SELECT item, label FROM items WHERE label IS NOT NULL ORDER BY labelled, id").fetchall()
+        latest: dict[str, str] = {}
+        for item, given in rows:
+            latest[item] = given
+        files = []
+        for key, given in latest.items():
+            path = Path(item_from_key(key))
+            if given == label and path.is_file():
+                files.append(path)
+        return sorted(files)
+
     def close(self) -> None:
         """Write what is pending and close.  A run still held stays "running" until a later open finds
         its writer gone: closing is not finishing."""

@@ -30,7 +30,8 @@ from PySide6.QtWidgets import (
 )
 
 from ..app.inspection import InspectorSettings, load_inspector, run_settings
-from ..detect.device import device_name
+from ..base.paths import data_dir
+from ..detect.device import device_name, resolve_device
 from ..detect.pipeline import Inspector
 from ..frames.frame import SourceState, SourceStatus
 from ..frames.images import write_image
@@ -40,6 +41,7 @@ from . import help_text
 from .batch_view import BatchView
 from .live_view import LiveView
 from .settings import DEMO_MODEL, AppSettings, SettingsDialog
+from .wizard import RetrainWizard
 from .workers import BatchWorker, LiveUpdate, LiveWorker, SourceSpec, start_in_thread, start_task
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,9 @@ class MainWindow(QMainWindow):
         menu.addSeparator()
         menu.addAction(QAction("Quit", self, shortcut=QKeySequence.Quit, triggered=self.close))
         menu = self.menuBar().addMenu("&Models")
+        self.retrain_action = QAction("Retrain…", self, triggered=self.open_wizard)
+        menu.addAction(self.retrain_action)
+        menu.addSeparator()
         self.activate_action = QAction("Make the chosen model active", self, triggered=self.activate_chosen)
         self.rollback_action = QAction("Roll back to the previous active model", self, triggered=self.rollback)
         self.save_threshold_action = QAction("Save the live threshold as a new version", self,
@@ -157,6 +162,35 @@ class MainWindow(QMainWindow):
             menu.addAction(QAction(title, self, triggered=lambda _=False, t=title, x=text: self._explain(t, x)))
         menu.addSeparator()
         menu.addAction(QAction("About Inspector", self, triggered=self.about))
+
+    def open_wizard(self) -> RetrainWizard:
+        """The retraining wizard, with the review labels waiting and the live view to capture from."""
+        feedback = {"OK": [], "NG": []}
+        try:
+            store = self.batch_view.open_store()
+            feedback = {label: store.labelled_files(label) for label in feedback}
+        except Exception as exc:              # a database that cannot be read: retrain from folders alone
+            self.notify(f"Review labels could not be read: {exc}", "warning")
+
+        def live_frame():
+            update = self.live_view.last_update
+            return None if update is None else update.result.image
+
+        wizard = RetrainWizard(self.registry, capture_dir=data_dir() / "samples" / time.strftime("%Y%m%d-%H%M%S"),
+                               feedback_ok=feedback["OK"], feedback_ng=feedback["NG"], live_frame=live_frame,
+                               has_gpu=resolve_device("auto").type == "cuda", parent=self)
+        wizard.versionRecorded.connect(self._version_recorded)
+        wizard.show()
+        self.wizard = wizard
+        return wizard
+
+    def _version_recorded(self, version: Version, activated: bool) -> None:
+        self._relabel_models()
+        if activated:
+            self.notify(f"{version.id} ({version.name}) is now the active model.", "info")
+            self.load_model(self.registry.path_of(version))
+        else:
+            self.notify(f"{version.id} ({version.name}) recorded; the current model stays active.", "info")
 
     def _explain(self, title: str, text: str) -> None:
         QMessageBox.information(self, title, text)

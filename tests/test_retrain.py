@@ -1,0 +1,76 @@
+"""The retraining service under the wizard: sharing samples out, training, validating, registering."""
+
+import pytest
+
+from inspector.app.retrain import MIN_GOODS, RetrainError, Samples, compare_active, plan, register, retrain
+from inspector.faults import make_model
+from inspector.learn.training import TrainingCancelled
+from inspector.modelstore.registry import Registry
+from inspector.results.store import ResultStore
+
+
+def samples_of(root):
+    return Samples.from_folders([root / "train" / "good", root / "test" / "good"],
+                                [root / "train" / "defect", root / "test" / "blob"])
+
+
+def test_too_few_good_samples_say_how_many_are_needed(tiny_mvtec):
+    few = Samples(sorted((tiny_mvtec / "train" / "good").iterdir())[:12])
+    with pytest.raises(RetrainError, match=f"12 good samples: at least {MIN_GOODS} are needed"):
+        plan(few)
+
+
+def test_samples_are_shared_out_without_overlap(tiny_mvtec):
+    samples = samples_of(tiny_mvtec)
+    assert len(samples.goods) == 52 and len(samples.defects) == 22
+    shares = plan(samples, seed=3)
+    train = set(shares.dataset.train_good)
+    assert not train & set(shares.held_goods) and len(shares.held_goods) == 10
+    pool = {p for p, _ in shares.dataset.train_defect}
+    assert not pool & set(shares.held_defects) and len(pool) + len(shares.held_defects) == 22
+    assert plan(samples, seed=3).held_goods == shares.held_goods          # reproducible
+
+
+def test_retrain_validates_and_registers_only_when_asked(tiny_mvtec, tmp_path):
+    registry = Registry(tmp_path / "models")
+    old = registry.add(make_model(tmp_path / "old.safetensors"))
+    seen = []
+    result = retrain(samples_of(tiny_mvtec), method="patchcore", preset="fast", device="cpu", progress=seen.append)
+    assert {"features", "calibrate", "validate"} <= {p.stage for p in seen}
+    figures = result.validation.figures()
+    assert figures["n_validation_good"] == 10 and figures["n_validation_defect"] == 11
+    assert figures["image_auroc"] > 0.8                  # dark blobs on texture: easy
+    assert len(result.validation.examples) > 0
+    assert [v.version.id for v in registry.list()] == [old.id]          # nothing written yet
+    active, theirs = compare_active(result, registry)
+    assert active.id == old.id and len(theirs.raw_good) == 10
+    version = register(result, registry, name="from the wizard", activate=True, threshold=1e9)
+    assert registry.active().id == version.id and version.name == "from the wizard"
+    assert version.threshold == 1e9 and version.validation["false_alarm_rate"] == 0.0
+    assert version.validation["recall"] == 0.0 and version.made_from == "retraining wizard"
+
+
+def test_a_cancelled_retraining_writes_nothing(tiny_mvtec, tmp_path):
+    registry = Registry(tmp_path / "models")
+    with pytest.raises(TrainingCancelled):
+        retrain(samples_of(tiny_mvtec), preset="fast", device="cpu", should_cancel=lambda: True)
+    assert registry.list() == [] and not registry.root.exists()
+
+
+def test_labels_from_review_are_offered_to_the_next_retraining(tiny_mvtec, tmp_path):
+    from inspector.app.inspection import InspectorSettings, load_inspector, run_inspection
+    from inspector.frames.sources import FolderSource
+
+    model = make_model(tmp_path / "m.safetensors")
+    inspector, meta = load_inspector(model, InspectorSettings())
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        run = store.start_run(source=str(tiny_mvtec / "test"), kind="folder", model=str(model), method="ae",
+                              settings={}, threshold=inspector.threshold)
+        run_inspection(inspector, FolderSource(tiny_mvtec / "test"), store, run)
+        items = store.items(run)
+        store.set_label(items[0].id, "NG")
+        store.set_label(items[1].id, "OK")
+        store.set_label(items[2].id, "NG")
+        store.set_label(items[2].id, "OK")             # changed its mind: the latest label counts
+        ng, ok = store.labelled_files("NG"), store.labelled_files("OK")
+    assert len(ng) == 1 and len(ok) == 2 and not set(ng) & set(ok)
