@@ -125,3 +125,41 @@ def test_thumbnails_carry_the_heat_map(darkness_inspector, store):
     assert thumb.shape[1] == 160 and heat.shape == thumb.shape[:2]
     y, x = np.unravel_index(np.argmax(heat), heat.shape)
     assert x > 120                                       # the dark spot is at the right end
+
+
+def test_old_results_are_pruned_but_labelled_items_and_running_runs_are_kept(store):
+    old, recent, running = new_run(store), new_run(store), new_run(store)
+    for run in (old, recent, running):
+        for item, score in (("a", 0.5), ("b", 1.8)):
+            store.add(run, result(item, score))
+    store.finish_run(old)
+    store.finish_run(recent)
+    store.flush()
+    labelled = store.items(old)[0]
+    store.set_label(labelled.id, "NG")
+    with store._db:                                        # the old run and the running one started long ago
+        store._db.execute("UPDATE runs SET started='2020-01-01T00:00:00.000+00:00' WHERE id IN (?, ?)",
+                          (old, running))
+    assert store.prune(30) == 1                            # the old run's unlabelled item only
+    assert [r.id for r in store.items(old)] == [labelled.id]
+    assert len(store.items(recent)) == 2 and len(store.items(running)) == 2
+    store.set_label(labelled.id, None)
+    assert store.prune(30) == 1
+    assert old not in [r.id for r in store.runs()]         # an emptied run goes too
+
+
+def test_a_sampled_record_keeps_every_defect_and_one_good_frame_in_a_hundred(tmp_path, darkness_inspector):
+    import cv2
+
+    from inspector.app.inspection import OK_SAMPLE_EVERY, Record, run_inspection
+    from inspector.frames.sources import FolderSource
+
+    folder = tmp_path / "frames"                           # 250 light frames and 3 dark ones
+    folder.mkdir()
+    for i in range(253):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((16, 16, 3), 20 if i in (5, 50, 200) else 230, np.uint8))
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        run = new_run(store, source="cam")
+        run_inspection(darkness_inspector(), FolderSource(folder), store, run, record=Record.SAMPLED)
+        counts = store.counts(run)
+    assert counts[NG] == 3 and counts[OK] == -(-250 // OK_SAMPLE_EVERY)

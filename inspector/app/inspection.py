@@ -55,7 +55,12 @@ class Record(enum.Enum):
     """Which results a run writes to the database."""
 
     ALL = "all"
-    NOT_OK = "not OK"      # NG and ERROR only: a live camera's good frames are not kept
+    NOT_OK = "not OK"      # NG and ERROR only
+    SAMPLED = "sampled"    # NG and ERROR, and one OK frame in ``OK_SAMPLE_EVERY``: a live camera's record
+
+
+#: A live run keeps one good frame in this many (what "OK" looked like, without a row per frame).
+OK_SAMPLE_EVERY = 100
 
 
 @dataclass
@@ -117,6 +122,7 @@ class RunSummary:
     dropped: int = 0                        # live: frames replaced by a newer one before they were taken
     frames_lost: int = 0                    # video: frames that could not be read
     status: str = RUNNING
+    ok_seen: int = 0                        # OK verdicts so far (which of them a sampled record keeps)
 
     @property
     def scored(self) -> int:
@@ -238,7 +244,10 @@ def run_inspection(inspector: Inspector, source: Source, store: ResultStore, run
             elif verdict == ERROR:
                 summary.errors += 1
                 log.warning("%s: %s", display_name(result.item), result.error)
-            if record is Record.ALL or verdict != OK:
+            if verdict == OK:
+                summary.ok_seen += 1
+            if (record is Record.ALL or verdict != OK
+                    or (record is Record.SAMPLED and summary.ok_seen % OK_SAMPLE_EVERY == 1)):
                 store.add(run_id, result, overlay=overlay)
             summary.items += 1
             if on_result is not None:

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -479,6 +479,21 @@ class ResultStore:
             raise ValueError(f"label must be one of {LABELS} or None, got {label!r}")
         self._write(lambda db: db.execute("UPDATE items SET label=?, labelled=? WHERE id=?",
                                           (label, _now() if label else None, item_id)))
+
+    def prune(self, keep_days: float) -> int:
+        """Forget the items of runs started more than ``keep_days`` ago, except those an operator
+        labelled (they are retraining feedback), and the runs left empty; running runs are kept.
+        Returns the number of items removed."""
+        cutoff = (datetime.now(UTC) - timedelta(days=keep_days)).isoformat(timespec="milliseconds")
+
+        def work(db: sqlite3.Connection) -> int:
+            old = "SELECT id FROM runs WHERE started < ? AND status != 'running'"
+            removed = db.execute(f"DELETE FROM items WHERE label IS NULL AND run_id IN ({old})", (cutoff,)).rowcount
+            db.execute(f"DELETE FROM runs WHERE id IN ({old}) AND id NOT IN (SELECT DISTINCT run_id FROM items)",
+                       (cutoff,))
+            return removed
+
+        return self._write(work)
 
     def labelled_files(self, label: str) -> list[Path]:
         """The files operators labelled ``label`` (OK or NG), across all runs, that still exist: the

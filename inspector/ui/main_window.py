@@ -37,6 +37,7 @@ from ..frames.frame import SourceState, SourceStatus
 from ..frames.images import write_image
 from ..modelstore.registry import Registry, RegistryError, Version
 from ..results.overlay import render
+from ..results.store import ResultStore
 from . import help_text
 from .batch_view import BatchView
 from .live_view import LiveView
@@ -103,6 +104,7 @@ class MainWindow(QMainWindow):
         self.tabs.currentChanged.connect(lambda i: self.batch_view.refresh_runs() if i == 1 else None)
 
         self._restore()
+        self._prune_results()
         self._refresh_models()
         if autostart and (first_launch or self.source_spec().kind == "demo"):
             self.start()
@@ -162,6 +164,20 @@ class MainWindow(QMainWindow):
             menu.addAction(QAction(title, self, triggered=lambda _=False, t=title, x=text: self._explain(t, x)))
         menu.addSeparator()
         menu.addAction(QAction("About Inspector", self, triggered=self.about))
+
+    def _prune_results(self) -> None:
+        """Results past the retention setting are forgotten, in the background."""
+        days, db = self.settings.retention_days, self.settings.results_db
+        if not days or not db.exists():
+            return
+
+        def work():
+            with ResultStore(db) as store:
+                return store.prune(days)
+
+        start_task(work, lambda n: n and self.statusBar().showMessage(
+            f"{n} results older than {days} days forgotten (labelled items kept)", 8000),
+            lambda msg: log.warning("pruning the results failed: %s", msg))
 
     def open_wizard(self) -> RetrainWizard:
         """The retraining wizard, with the review labels waiting and the live view to capture from."""

@@ -35,6 +35,8 @@ class AppSettings:
     tile: int = 0          # 0: what the model recommends, else each frame whole
     stride: int = 0        # 0: the tile size
     device: str = "auto"
+    #: Results older than this many days are forgotten at start (labelled items are kept); 0: never.
+    retention_days: int = 90
 
     @staticmethod
     def default_paths() -> dict[str, Path]:
@@ -49,7 +51,8 @@ class AppSettings:
         return cls(results_db=paths["paths/results_db"], models_dir=paths["paths/models_dir"],
                    snapshots_dir=paths["paths/snapshots_dir"],
                    tile=int(qs.value("inspection/tile", 0)), stride=int(qs.value("inspection/stride", 0)),
-                   device=str(qs.value("inspection/device", "auto")))
+                   device=str(qs.value("inspection/device", "auto")),
+                   retention_days=int(qs.value("results/retention_days", 90)))
 
     def save(self, qs: QSettings) -> None:
         """Paths are saved only where the user chose another than the default: the default follows the
@@ -64,6 +67,7 @@ class AppSettings:
         qs.setValue("inspection/tile", self.tile)
         qs.setValue("inspection/stride", self.stride)
         qs.setValue("inspection/device", self.device)
+        qs.setValue("results/retention_days", self.retention_days)
 
 
 def _path_row(value: Path, folder: bool, parent: QWidget) -> tuple[QWidget, QLineEdit]:
@@ -89,6 +93,7 @@ class SettingsDialog(QDialog):
     def __init__(self, settings: AppSettings, parent=None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings")
+        self.setMinimumWidth(620)            # room for whole paths
         form = QFormLayout(self)
         self.tile = QSpinBox()
         self.tile.setRange(0, 4096)
@@ -103,12 +108,21 @@ class SettingsDialog(QDialog):
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
         self.device.setCurrentText(settings.device)
+        self.retention = QSpinBox()
+        self.retention.setRange(0, 3650)
+        self.retention.setSpecialValueText("for ever")
+        self.retention.setSuffix(" days")
+        self.retention.setValue(settings.retention_days)
+        self.retention.setToolTip("Results older than this are forgotten when the window starts; items you "
+                                  "labelled OK or NG are kept for retraining. Live runs record NG frames and "
+                                  "one good frame in 100.")
         db_row, self.db = _path_row(settings.results_db, False, self)
         models_row, self.models = _path_row(settings.models_dir, True, self)
         snaps_row, self.snaps = _path_row(settings.snapshots_dir, True, self)
         form.addRow("Tile size (px)", self.tile)
         form.addRow("Tile stride (px)", self.stride)
         form.addRow("Device", self.device)
+        form.addRow("Keep results", self.retention)
         form.addRow("Results database", db_row)
         form.addRow("Models folder", models_row)
         form.addRow("Snapshots folder", snaps_row)
@@ -120,4 +134,4 @@ class SettingsDialog(QDialog):
     def settings(self) -> AppSettings:
         return AppSettings(results_db=Path(self.db.text()), models_dir=Path(self.models.text()),
                            snapshots_dir=Path(self.snaps.text()), tile=self.tile.value(), stride=self.stride.value(),
-                           device=self.device.currentText())
+                           device=self.device.currentText(), retention_days=self.retention.value())

@@ -134,7 +134,7 @@ class LiveWorker(QObject):
                                          settings={"tile": self.inspector.tile, "stride": self.inspector.stride,
                                                    "recorded": "NG and ERROR frames"},
                                          threshold=self.inspector.threshold)
-                run_inspection(self.inspector, source, store, run_id, record=Record.NOT_OK,
+                run_inspection(self.inspector, source, store, run_id, record=Record.SAMPLED,
                                should_cancel=self._stop.is_set, is_paused=self._paused.is_set,
                                on_result=self._show)
         finally:
