@@ -378,3 +378,27 @@ def test_a_cancelled_wizard_training_leaves_the_registry_as_it_was(qtbot, window
     qtbot.waitUntil(lambda: "Cancelled" in wizard.train_page.message.text(), timeout=60_000)
     assert not wizard.train_page.isComplete()
     assert Registry(tmp_path / "models").list() == []
+
+
+def test_a_region_is_drawn_by_dragging_and_the_view_never_pans_off_the_frame(qtbot, window):
+    from PySide6.QtCore import QRectF
+
+    w = window()
+    wait_for_update(qtbot, w)
+    frame = w.live_view.frame
+    regions = []
+    w.live_view.roiChanged.connect(regions.append)
+    frame.start_roi()
+    assert frame.view.drawing
+    frame.view.rectDrawn.emit(QRectF(1200, 600, 300, 300))      # dragged past the frame's corner
+    assert regions[-1] == (1200, 600, 80, 120) and not frame.view.drawing
+    frame.start_roi()
+    frame.view.rectDrawn.emit(QRectF(10, 10, 2, 2))             # a click is not a region
+    assert frame.roi is not None and regions[-1] == (1200, 600, 80, 120)
+    frame.view.translateBy(x=-5000, y=-5000)                     # try to drag it away
+    (x0, x1), (y0, y1) = frame.view.viewRange()
+    assert x0 >= -1 and y0 >= -1 and x1 <= 1281 and y1 <= 721
+    frame.view.scaleBy((0.2, 0.2))
+    frame.fit()
+    (x0, x1), (y0, y1) = frame.view.viewRange()
+    assert x1 - x0 >= 1279 or y1 - y0 >= 719                     # the whole frame again

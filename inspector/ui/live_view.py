@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QGraphicsPathItem,
+    QGraphicsRectItem,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -49,6 +50,38 @@ VERDICT_STYLE = {
 }
 
 
+class FrameViewBox(pg.ViewBox):
+    """The frame's view: zoom with the wheel, pan by dragging — or, in drawing mode, drag out a rectangle
+    (``rectDrawn(QRectF)`` in frame pixels)."""
+
+    rectDrawn = Signal(object)
+
+    def __init__(self) -> None:
+        super().__init__(lockAspect=True, invertY=True, enableMenu=False)
+        self.drawing = False
+        self.rubber = QGraphicsRectItem()
+        pen = QPen(QColor("#ffd43b"))
+        pen.setWidth(2)
+        pen.setCosmetic(True)
+        pen.setStyle(Qt.DashLine)
+        self.rubber.setPen(pen)
+        self.rubber.setVisible(False)
+        self.addItem(self.rubber, ignoreBounds=True)
+
+    def mouseDragEvent(self, ev, axis=None) -> None:  # noqa: N802 (pyqtgraph's name)
+        if not self.drawing or ev.button() != Qt.LeftButton:
+            super().mouseDragEvent(ev, axis)
+            return
+        ev.accept()
+        a, b = self.mapToView(ev.buttonDownPos()), self.mapToView(ev.pos())
+        rect = QRectF(a, b).normalized()
+        self.rubber.setRect(rect)
+        self.rubber.setVisible(True)
+        if ev.isFinish():
+            self.rubber.setVisible(False)
+            self.rectDrawn.emit(rect)
+
+
 class FrameView(pg.GraphicsLayoutWidget):
     """A frame, its heat map and the flagged tiles' boxes; optional rectangular region of interest."""
 
@@ -56,7 +89,9 @@ class FrameView(pg.GraphicsLayoutWidget):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        self.view = self.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
+        self.view = FrameViewBox()
+        self.addItem(self.view)
+        self.view.rectDrawn.connect(self._roi_drawn)
         self.frame_item = pg.ImageItem(axisOrder="row-major")
         self.heat_item = pg.ImageItem(axisOrder="row-major")
         self.heat_item.setLevels((0.0, 1.0))
@@ -96,7 +131,15 @@ class FrameView(pg.GraphicsLayoutWidget):
             path.addRect(QRectF(float(x0), float(y0), float(x1 - x0), float(y1 - y0)))
         self.boxes.setPath(path)
         if first:
-            self.view.autoRange(padding=0.0)
+            h, w = self.shape           # the view never pans or zooms out past the frame
+            self.view.setLimits(xMin=0, xMax=w, yMin=0, yMax=h, maxXRange=w, maxYRange=h)
+            self.fit()
+
+    def fit(self) -> None:
+        """The whole frame in view."""
+        if self.shape is not None:
+            h, w = self.shape
+            self.view.setRange(QRectF(0, 0, w, h), padding=0.0)
 
     def clear_frame(self) -> None:
         """No frame: what was shown belongs to a source or a model that is gone.  (Not ``clear``:
@@ -106,11 +149,19 @@ class FrameView(pg.GraphicsLayoutWidget):
         self.boxes.setPath(QPainterPath())
 
     def start_roi(self) -> None:
-        """Put an editable rectangle on the frame (the middle half to begin with)."""
-        if self.shape is None or self.roi is not None:
-            return
+        """The next drag on the frame draws the region of interest (an existing one is replaced)."""
+        if self.shape is not None:
+            self.view.drawing = True
+
+    def _roi_drawn(self, rect: QRectF) -> None:
         h, w = self.shape
-        self.roi = pg.RectROI([w / 4, h / 4], [w / 2, h / 2], pen=pg.mkPen("#ffd43b", width=2),
+        rect = rect.intersected(QRectF(0, 0, w, h))
+        self.view.drawing = rect.width() < 4 or rect.height() < 4     # a click, not a drag: draw again
+        if self.view.drawing:
+            return
+        if self.roi is not None:
+            self.view.removeItem(self.roi)
+        self.roi = pg.RectROI([rect.x(), rect.y()], [rect.width(), rect.height()], pen=pg.mkPen("#ffd43b", width=2),
                               maxBounds=QRectF(0, 0, w, h))
         self.view.addItem(self.roi)
         self.roi.sigRegionChangeFinished.connect(self._emit_roi)
@@ -210,13 +261,16 @@ class LiveView(QWidget):
         self.colourmap = QComboBox()
         self.colourmap.addItems(list(COLOURMAPS))
         self.colourmap.currentTextChanged.connect(self.frame.set_colourmap)
-        roi_button, clear_roi = QPushButton("Draw ROI"), QPushButton("Clear ROI")
-        roi_button.setToolTip("Limit inspection to a region: drag and resize the yellow rectangle")
+        roi_button, clear_roi, fit = QPushButton("Draw ROI"), QPushButton("Clear ROI"), QPushButton("Fit")
+        roi_button.setToolTip("Limit inspection to a region: click, then drag a rectangle on the frame "
+                              "(move or resize it afterwards by its handles)")
+        fit.setToolTip("Show the whole frame")
         roi_button.clicked.connect(self.frame.start_roi)
         clear_roi.clicked.connect(self.frame.clear_roi)
+        fit.clicked.connect(self.frame.fit)
         controls = QHBoxLayout()
         for w in (self.heat_toggle, QLabel("Opacity"), self.opacity, QLabel("Colours"), self.colourmap, roi_button,
-                  clear_roi):
+                  clear_roi, fit):
             controls.addWidget(w)
         left = QWidget()
         lay = QVBoxLayout(left)
