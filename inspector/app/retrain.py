@@ -217,20 +217,23 @@ def retrain(samples: Samples, *, method: str = "patchcore", preset: str = "balan
     return RetrainResult(trained, shares, validation, time.perf_counter() - t0)
 
 
-def compare_active(result: RetrainResult, registry: Registry, *, progress: ProgressCallback | None = None
-                   ) -> tuple[Version, Validation] | None:
-    """The active model on the same held-out samples (None without one, or when it cannot load)."""
+def compare_active(result: RetrainResult, registry: Registry, *, fallback: Path | None = None,
+                   progress: ProgressCallback | None = None) -> tuple[str, Validation] | None:
+    """The active model — or, without one, ``fallback`` (the model in use) — on the same held-out
+    samples: (its name, its validation); None when there is none or it cannot load."""
     from ..modelstore.modelfile import ModelFileError
     from .inspection import InspectorSettings, load_inspector
 
     version = registry.active()
-    if version is None:
+    path = registry.path_of(version) if version is not None else fallback
+    if path is None:
         return None
+    name = f"{version.id} {version.name}" if version is not None else Path(path).stem
     try:
-        inspector, _ = load_inspector(registry.path_of(version), InspectorSettings(device="cpu"))
+        inspector, _ = load_inspector(path, InspectorSettings(device="cpu"))
     except ModelFileError:
         return None
-    return version, validate(inspector, result.plan.held_goods, result.plan.held_defects, progress=progress)
+    return name, validate(inspector, result.plan.held_goods, result.plan.held_defects, progress=progress)
 
 
 def register(result: RetrainResult, registry: Registry, *, name: str | None = None, activate: bool = False,

@@ -194,7 +194,8 @@ class MainWindow(QMainWindow):
 
         wizard = RetrainWizard(self.registry, capture_dir=data_dir() / "samples" / time.strftime("%Y%m%d-%H%M%S"),
                                feedback_ok=feedback["OK"], feedback_ng=feedback["NG"], live_frame=live_frame,
-                               has_gpu=resolve_device("auto").type == "cuda", parent=self)
+                               has_gpu=resolve_device("auto").type == "cuda", current_model=self.model_path,
+                               parent=self)
         wizard.versionRecorded.connect(self._version_recorded)
         wizard.show()
         self.wizard = wizard

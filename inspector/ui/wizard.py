@@ -65,9 +65,11 @@ class RetrainWorker(QObject):
     failed = Signal(str)
     cancelled = Signal()
 
-    def __init__(self, samples: Samples, method: str, preset: str, seed: int, registry: Registry) -> None:
+    def __init__(self, samples: Samples, method: str, preset: str, seed: int, registry: Registry,
+                 current_model: Path | None = None) -> None:
         super().__init__()
         self.samples, self.method, self.preset, self.seed, self.registry = samples, method, preset, seed, registry
+        self.current_model = current_model
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -78,7 +80,7 @@ class RetrainWorker(QObject):
         try:
             result = retrain(self.samples, method=self.method, preset=self.preset, seed=self.seed,
                              progress=self.progress.emit, should_cancel=self._cancel.is_set)
-            self.finished.emit(result, compare_active(result, self.registry))
+            self.finished.emit(result, compare_active(result, self.registry, fallback=self.current_model))
         except TrainingCancelled:
             self.cancelled.emit()
         except Exception as exc:            # shown on the page; the registry is untouched
@@ -277,7 +279,12 @@ class TrainPage(QWizardPage):
         self.message.setText("")
         self.cancel.setEnabled(True)
         method, preset = w.method_page.method.currentData(), w.method_page.preset.currentData()
-        self.worker = RetrainWorker(w.samples_page.samples(), method, preset, w.method_page.seed.value(), w.registry)
+        import models
+
+        self.loss_plot.setTitle("Training loss" if not models.get_method(method).gradient_free
+                                else "No loss to plot: the memory bank is fitted in one pass")
+        self.worker = RetrainWorker(w.samples_page.samples(), method, preset, w.method_page.seed.value(), w.registry,
+                                    w.current_model)
         self.worker.progress.connect(self._progress)
         self.worker.finished.connect(self._finished)
         self.worker.failed.connect(self._failed)
@@ -354,6 +361,7 @@ class ValidatePage(QWizardPage):
         self.figures.setWordWrap(True)
         self.histogram = pg.PlotWidget(title="Normalised scores (new model)")
         self.histogram.setMenuEnabled(False)
+        self.histogram.setMinimumHeight(140)
         self.histogram.addLegend()
         self.examples = QGridLayout()
         lay = QVBoxLayout(self)
@@ -367,8 +375,8 @@ class ValidatePage(QWizardPage):
         result = self.w.result
         lines = [_figures_text("new model", result.validation)]
         if self.w.active_validation is not None:
-            version, theirs = self.w.active_validation
-            lines.append(_figures_text(f"active model ({version.id} {version.name})", theirs))
+            name, theirs = self.w.active_validation
+            lines.append(_figures_text(f"active model ({name})", theirs))
         else:
             lines.append("<b>active model</b>: none to compare with")
         self.figures.setText("<br>".join(lines))
@@ -385,7 +393,7 @@ class ValidatePage(QWizardPage):
             self.examples.takeAt(0).widget().deleteLater()
         for k, example in enumerate(result.validation.examples):
             overlay = render(example)
-            small = cv2.resize(overlay, (160, max(1, round(160 * overlay.shape[0] / overlay.shape[1]))))
+            small = cv2.resize(overlay, (120, max(1, round(120 * overlay.shape[0] / overlay.shape[1]))))
             label = QLabel()
             label.setPixmap(to_qpixmap(small))
             label.setToolTip(f"{example.item}\n{example.verdict} {example.normalised:.2f}")
@@ -464,14 +472,16 @@ class RetrainWizard(QWizard):
 
     def __init__(self, registry: Registry, *, capture_dir: Path, feedback_ok: list[Path] | None = None,
                  feedback_ng: list[Path] | None = None, live_frame=None, has_gpu: bool = False,
-                 parent: QWidget | None = None) -> None:
+                 current_model: Path | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Retrain the detector")
         self.registry, self.capture_dir = registry, capture_dir
         self.feedback_ok, self.feedback_ng = feedback_ok or [], feedback_ng or []
         self.live_frame, self.has_gpu = live_frame, has_gpu
+        #: Compared with when the registry has no active model (the model the window inspects with).
+        self.current_model = current_model
         self.result: RetrainResult | None = None
-        self.active_validation: tuple[Version, Validation] | None = None
+        self.active_validation: tuple[str, Validation] | None = None
         self.version: Version | None = None
         self.samples_page = SamplesPage(self)
         self.method_page = MethodPage(self)
