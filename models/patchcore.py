@@ -6,14 +6,16 @@ Fitting keeps a coreset of the good training images' patch descriptors: greedy k
 (each next patch is the one farthest from all kept so far), run on a random projection of the
 descriptors as the paper does, so that a few percent of the patches cover what the whole set
 covers.  A patch's score is its Euclidean distance to the nearest patch of the bank; an image's
-score is its worst patch's.  No labels and no gradient steps: the reference when an operator has
-no labelled defects, and Inspector's default detector.
+score is its worst patch's.  The search runs in torch on the model's device; on the CPU the
+pipeline hands it to faiss (``inspector.detect.search``), measured faster there.  No labels and
+no gradient steps: the reference when an operator has no labelled defects, and Inspector's
+default detector.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -74,6 +76,9 @@ class PatchCore(FeatureDetector):
         self.coreset_ratio, self.max_bank, self.max_patches = coreset_ratio, max_bank, max_patches
         self.projection = projection
         self.register_buffer("bank", torch.zeros(0, self.feature_dim))
+        #: A faster nearest-neighbour search of ``bank`` for CPU queries, set from outside (the
+        #: inspection pipeline sets faiss's; models/ stays torch only): queries (N, D) -> distances (N,).
+        self.cpu_search: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """The bank's size is what fitting chose: take it from the file."""
@@ -91,6 +96,7 @@ class PatchCore(FeatureDetector):
         m = min(self.max_bank, max(1, round(self.coreset_ratio * len(patches))))
         chosen = greedy_coreset(patches, m, projection=self.projection, generator=generator)
         self.bank = patches[chosen].float().contiguous()
+        self.cpu_search = None              # it searched the old bank
         return {"patches": seen, "pool": len(patches), "bank": m}
 
     def score_features(self, features: torch.Tensor) -> Inference:
@@ -98,5 +104,6 @@ class PatchCore(FeatureDetector):
             raise RuntimeError("the memory bank is empty: fit the detector first")
         b, d, h, w = features.shape
         queries = features.permute(0, 2, 3, 1).reshape(-1, d)
-        maps = nearest_distance(queries, self.bank).view(b, 1, h, w)
+        cpu = self.cpu_search is not None and queries.device.type == "cpu" and queries.dtype == torch.float32
+        maps = (self.cpu_search(queries) if cpu else nearest_distance(queries, self.bank)).view(b, 1, h, w)
         return Inference(scores=map_max(maps), maps=maps)

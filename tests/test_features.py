@@ -216,3 +216,17 @@ def test_an_image_too_large_for_one_pass_goes_in_windows_and_keeps_its_geometry(
     assert np.isfinite(windowed).all() and len(calls) == 6
     y, x = np.unravel_index(np.argmax(windowed), windowed.shape)
     assert abs(8 * x + 4 - 280) <= 12 and abs(8 * y + 4 - 120) <= 12   # the spot is where it was
+
+
+def test_on_the_cpu_the_bank_is_searched_with_faiss_and_scores_as_torch_does(bank_model):
+    detector = bank_model.detector
+    bank_model.inspector()                           # an Inspector hands a CPU bank to faiss
+    assert detector.cpu_search is not None
+    features = detector.features(torch.rand(2, 3, 64, 96) * 2 - 1)
+    with_faiss = detector.score_features(features).maps
+    search, detector.cpu_search = detector.cpu_search, None
+    try:
+        with_torch = detector.score_features(features).maps
+    finally:
+        detector.cpu_search = search
+    assert torch.allclose(with_faiss, with_torch, atol=1e-3)

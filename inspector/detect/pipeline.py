@@ -30,6 +30,7 @@ from models import Detector
 from ..frames.frame import Frame
 from .calibration import Calibration, calibrate
 from .scoring import map_images, score_tiles
+from .search import use_faiss
 from .tiling import Roi, TileGrid, TilingError, cut_tiles, heat_image, plan_grid, plan_whole, stitch
 
 OK, NG, ERROR = "OK", "NG", "ERROR"
@@ -143,6 +144,8 @@ class Inspector:
                 raise TilingError("this model inspects each frame whole, at its own scale: tile size and stride "
                                   "apply to tile models only")
             plan_whole((64, 64), scale=scale, map_stride=detector.map_stride)     # reject a bad scale now
+            if getattr(detector, "cpu_search", False) is None:      # a memory bank not yet given faiss's search
+                use_faiss(detector)
         else:
             plan_grid((64, 64), detector.size, tile=tile, stride=stride)  # reject bad settings now
 
