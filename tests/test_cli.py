@@ -88,7 +88,7 @@ def test_missing_training_images_exit_2_and_write_nothing(tmp_path, capsys):
 
 def test_unknown_method_lists_the_methods(tiny_mvtec, capsys):
     assert main(["bench", "--data", str(tiny_mvtec), "--method", "nope"]) == 2
-    assert "available methods: ae, agad, ede, eidn" in capsys.readouterr().err
+    assert "available methods: ae, agad, agad_features, ede, eidn, patchcore" in capsys.readouterr().err
 
 
 def test_corrupt_training_images_are_skipped_with_a_warning(tiny_mvtec, tmp_path, caplog):

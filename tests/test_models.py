@@ -149,3 +149,30 @@ def test_bad_sizes_are_rejected():
         models.create("ae", size=50)
     with pytest.raises(ValueError):
         models.create("ae", channels=2)
+
+
+def test_agad_on_features_reconstructs_normal_cells_better_than_odd_ones():
+    torch.manual_seed(0)
+    det = models.create("agad_features", stages=(2,), pool=1, hidden=32, latent=8)
+    d = det.feature_dim
+    basis = torch.randn(4, d)                                  # normal cells lie near a 4-d subspace
+    normal = torch.einsum("kd,bkhw->bdhw", basis, torch.randn(8, 4, 6, 6))
+    det.begin_training(list(normal))
+    det.make_optimizers()
+    for _ in range(150):
+        det.training_step(TrainBatch(normal), epoch=1, epochs=1)
+    det.eval()
+    odd = normal.clone()
+    odd[:, :, 2, 3] = torch.randn(8, d) * normal.std() * 3     # one cell off the subspace
+    with torch.no_grad():
+        maps = det.score_features(odd).maps[:, 0]
+    assert (maps.flatten(1).argmax(1) == 2 * 6 + 3).float().mean() >= 0.75
+
+
+def test_feature_batches_with_labelled_defects_and_no_pseudo_anomalies():
+    from inspector.learn.training import FeatureTrainingData, _FeatureSampler
+
+    data = FeatureTrainingData([torch.zeros(3, 4, 5)] * 4, labelled=[torch.ones(3, 6, 2)] * 2)
+    batch = _FeatureSampler(data, torch.device("cpu"), uses_anomalies=True, needs_anomalies=False)(5)
+    assert batch.normal.shape == (5, 3, 4, 5) and batch.anomalous.shape == (5, 3, 6, 2)
+    assert batch.anomalous_is_real.all() and batch.anomalous_valid.all()

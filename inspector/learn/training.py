@@ -162,8 +162,9 @@ class _FeatureSampler:
         if needs_anomalies and not self.pseudo and not self.labelled:
             raise ValueError("this method learns from anomalies: give labelled defects or pseudo-anomalies")
 
-    def _pick(self, pool: list[torch.Tensor], n: int) -> list[int]:
-        return torch.randint(len(pool), (n,)).tolist()
+    @staticmethod
+    def _pick(pool: list[torch.Tensor], n: int) -> list[int]:
+        return torch.randint(len(pool), (n,)).tolist() if n else []
 
     def __call__(self, batch_size: int) -> TrainBatch:
         normal, normal_valid = _stack_padded([self.normal[i].float() for i in self._pick(self.normal, batch_size)])
@@ -173,7 +174,7 @@ class _FeatureSampler:
         if self.labelled:
             n_real = batch_size if not self.pseudo else int(torch.rand(batch_size).lt(self.share).sum())
         maps, masks, real = [], [], []
-        for i in self._pick(self.labelled, n_real) if n_real else []:
+        for i in self._pick(self.labelled, n_real):
             maps.append(self.labelled[i].float())
             masks.append(torch.zeros(1, *maps[-1].shape[1:], device=self.device))
             real.append(True)

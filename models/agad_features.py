@@ -1,0 +1,159 @@
+"""AGAD on features — the adversarial generative detector with a generator that reconstructs a frozen
+backbone's patch features instead of pixels (seeds/agad.txt; METHODS.md section 2).
+
+The same game as ``agad``: a generator G reconstructs its input, a discriminator D tells inputs
+from reconstructions and exposes latent features, and G is trained on l_adv BCE(D(G(x)), 1) +
+l_con ||x - G(x)||_1 + l_lat ||D_z(x) - D_z(G(x))||^2; labelled anomalies enter with the paper's
+reciprocal adversarial and latent terms.  The input is the standardised patch-descriptor map of a
+whole image (``features.PatchFeatures``), so the generator sees what an ImageNet network sees in
+every 8 x 8 pixels, at the inspection's own scale; its bottleneck (half the resolution, 64
+channels) keeps it from copying its input.
+
+Score map: each cell's mean squared reconstruction error of the standardised descriptors; an
+image's score is its map's maximum (after the pipeline's smoothing).  Padded cells of a batch are
+left out of every loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .agad import D_COLLAPSE, EPS, LossWeights
+from .base import Inference, TrainBatch, TrainingDefaults, register
+from .features import FeatureDetector, map_max
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def _masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """The mean of x (B, K, h, w) over the valid cells (B, 1, h, w) and channels."""
+    if valid is None:
+        return x.mean()
+    weights = valid.to(x.dtype)
+    return (x * weights).sum() / (weights.sum() * x.shape[1]).clamp_min(1.0)
+
+
+class FeatureGenerator(nn.Module):
+    """Descriptors (B, D, h, w) -> reconstruction: down to h/2 x 64 channels and back."""
+
+    def __init__(self, dim: int, hidden: int = 256, latent: int = 64) -> None:
+        super().__init__()
+        self.encode = nn.Sequential(
+            nn.Conv2d(dim, hidden, 3, 1, 1), nn.BatchNorm2d(hidden), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(hidden, latent, 3, 2, 1), nn.BatchNorm2d(latent), nn.LeakyReLU(0.2, inplace=True))
+        self.decode = nn.Sequential(
+            nn.ConvTranspose2d(latent, hidden, 4, 2, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, dim, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        y = self.decode(self.encode(F.pad(x, (0, w % 2, 0, h % 2))))
+        return y[..., :h, :w]
+
+
+class FeatureDiscriminator(nn.Module):
+    """Descriptors -> (real/fake logit per image (B,), latent features (B, 64, h/2, w/2))."""
+
+    def __init__(self, dim: int, width: int = 128) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(dim, width, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.LeakyReLU(0.2, inplace=True))
+        self.classifier = nn.Conv2d(64, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.features(x)
+        return self.classifier(z).mean(dim=(1, 2, 3)), z
+
+
+def _reset(module: nn.Module) -> None:
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+
+
+@register
+class AGADFeatures(FeatureDetector):
+    method = "agad_features"
+    uses_anomalies = True
+    defaults = TrainingDefaults(epochs=20, steps_per_epoch=50, batch_size=16, size=None)
+    default_smoothing = 1.0
+
+    def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
+                 stages: Sequence[int] | None = None, pool: int = 3, lr: float = 2e-4, w_adv: float = 1.0,
+                 w_con: float = 50.0, w_lat: float = 5.0, hidden: int = 256, latent: int = 64) -> None:
+        super().__init__(size=size, channels=channels, backbone=backbone, stages=stages, pool=pool)
+        self.G = FeatureGenerator(self.feature_dim, hidden, latent)
+        self.D = FeatureDiscriminator(self.feature_dim)
+        self.weights = LossWeights(adv=w_adv, con=w_con, adcon=0.0, lat=w_lat)
+        self.lr = lr
+        self.d_resets = 0
+        self.register_buffer("feature_mean", torch.zeros(self.feature_dim))
+        self.register_buffer("feature_std", torch.ones(self.feature_dim))
+
+    @property
+    def wants_pseudo_anomalies(self) -> bool:
+        """Like ``agad``: normal samples and labelled anomalies; no synthetic ones."""
+        return False
+
+    def begin_training(self, normal: list[torch.Tensor]) -> None:
+        cells = torch.cat([f.flatten(1) for f in normal], dim=1).float()
+        self.feature_mean = cells.mean(dim=1).to(self.feature_mean.device)
+        self.feature_std = cells.std(dim=1).clamp_min(1e-6).to(self.feature_std.device)
+
+    def _standardise(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
+
+    def make_optimizers(self) -> None:
+        betas = (0.5, 0.999)
+        self.optimizers = [torch.optim.Adam(self.G.parameters(), lr=self.lr, betas=betas),
+                           torch.optim.Adam(self.D.parameters(), lr=self.lr, betas=betas)]
+
+    def training_step(self, batch: TrainBatch, *, epoch: int, epochs: int) -> dict[str, float]:
+        opt_g, opt_d = self.optimizers
+        w = self.weights
+        x = self._standardise(batch.normal)
+        valid = batch.normal_valid
+        x_hat = self.G(x)
+        y_hat, z_hat = self.D(x_hat)
+        with torch.no_grad():
+            z = self.D(x)[1]
+        adv = _bce(y_hat, 1.0)
+        con = _masked_mean((x - x_hat).abs(), valid)
+        lat = (z - z_hat).pow(2).mean()
+        loss_g = w.adv * adv + w.con * con + w.lat * lat
+        xa = None
+        if batch.anomalous is not None and batch.anomalous_is_real is not None and batch.anomalous_is_real.any():
+            xa = self._standardise(batch.anomalous[batch.anomalous_is_real])
+            ya_hat, za_hat = self.D(self.G(xa))
+            with torch.no_grad():
+                za = self.D(xa)[1]
+            loss_g = loss_g + w.adv / (_bce(ya_hat, 0.0) + EPS) + w.lat / ((za - za_hat).pow(2).mean() + EPS)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+        loss_d = _bce(self.D(x)[0], 1.0) + _bce(self.D(x_hat.detach())[0], 0.0)
+        if xa is not None:
+            loss_d = loss_d + _bce(self.D(xa)[0], 0.0)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        if loss_d.item() < D_COLLAPSE:
+            self.D.apply(_reset)
+            opt_d.state.clear()
+            self.d_resets += 1
+        return {"loss": con.item(), "loss_g": loss_g.item(), "loss_d": loss_d.item()}
+
+    def after_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
+        return {"d_resets": float(self.d_resets)}
+
+    def score_features(self, features: torch.Tensor) -> Inference:
+        x = self._standardise(features)
+        maps = (x - self.G(x)).pow(2).mean(dim=1, keepdim=True)
+        return Inference(scores=map_max(maps), maps=maps)
