@@ -40,16 +40,17 @@ def _masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
 
 
 class FeatureGenerator(nn.Module):
-    """Descriptors (B, D, h, w) -> reconstruction: down to h/2 x 64 channels and back."""
+    """Descriptors (B, D, h, w) -> reconstruction: 1 x 1 to ``hidden`` channels, down to h/2 x
+    ``latent`` channels (3 x 3, stride 2) and back."""
 
-    def __init__(self, dim: int, hidden: int = 256, latent: int = 64) -> None:
+    def __init__(self, dim: int, hidden: int = 128, latent: int = 64) -> None:
         super().__init__()
         self.encode = nn.Sequential(
-            nn.Conv2d(dim, hidden, 3, 1, 1), nn.BatchNorm2d(hidden), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(dim, hidden, 1), nn.BatchNorm2d(hidden), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(hidden, latent, 3, 2, 1), nn.BatchNorm2d(latent), nn.LeakyReLU(0.2, inplace=True))
         self.decode = nn.Sequential(
             nn.ConvTranspose2d(latent, hidden, 4, 2, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, dim, 3, 1, 1))
+            nn.Conv2d(hidden, dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -60,10 +61,10 @@ class FeatureGenerator(nn.Module):
 class FeatureDiscriminator(nn.Module):
     """Descriptors -> (real/fake logit per image (B,), latent features (B, 64, h/2, w/2))."""
 
-    def __init__(self, dim: int, width: int = 128) -> None:
+    def __init__(self, dim: int, width: int = 64) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(dim, width, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(dim, width, 1), nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(width, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.LeakyReLU(0.2, inplace=True))
         self.classifier = nn.Conv2d(64, 1, 1)
 
@@ -81,12 +82,12 @@ def _reset(module: nn.Module) -> None:
 class AGADFeatures(FeatureDetector):
     method = "agad_features"
     uses_anomalies = True
-    defaults = TrainingDefaults(epochs=20, steps_per_epoch=50, batch_size=16, size=None)
+    defaults = TrainingDefaults(epochs=20, steps_per_epoch=50, batch_size=8, size=None)
     default_smoothing = 1.0
 
     def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
                  stages: Sequence[int] | None = None, pool: int = 3, lr: float = 2e-4, w_adv: float = 1.0,
-                 w_con: float = 50.0, w_lat: float = 5.0, hidden: int = 256, latent: int = 64) -> None:
+                 w_con: float = 50.0, w_lat: float = 5.0, hidden: int = 128, latent: int = 64) -> None:
         super().__init__(size=size, channels=channels, backbone=backbone, stages=stages, pool=pool)
         self.G = FeatureGenerator(self.feature_dim, hidden, latent)
         self.D = FeatureDiscriminator(self.feature_dim)
