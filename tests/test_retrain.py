@@ -74,3 +74,21 @@ def test_labels_from_review_are_offered_to_the_next_retraining(tiny_mvtec, tmp_p
         store.set_label(items[2].id, "OK")             # changed its mind: the latest label counts
         ng, ok = store.labelled_files("NG"), store.labelled_files("OK")
     assert len(ng) == 1 and len(ok) == 2 and not set(ng) & set(ok)
+
+
+def test_samples_of_mixed_sizes_and_colour_and_grey_files_train(tmp_path):
+    import cv2
+    import numpy as np
+    from conftest import texture
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "goods"
+    folder.mkdir()
+    for i in range(24):
+        img = cv2.resize(texture(rng), (96, 64) if i % 2 else (64, 80))
+        if i % 3 == 0:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)          # a grey file among colour ones
+        cv2.imwrite(str(folder / f"{i:02d}.png"), img)
+    result = retrain(Samples.from_folders([folder]), method="patchcore", preset="fast", device="cpu")
+    assert result.validation.figures()["n_validation_good"] == 5
+    assert np.isfinite(result.validation.raw_good).all()
