@@ -402,3 +402,23 @@ def test_a_region_is_drawn_by_dragging_and_the_view_never_pans_off_the_frame(qtb
     frame.fit()
     (x0, x1), (y0, y1) = frame.view.viewRange()
     assert x1 - x0 >= 1279 or y1 - y0 >= 719                     # the whole frame again
+
+
+def test_live_review_keeps_ng_frames_and_their_labels_reach_the_wizard(qtbot, window):
+    w = window()
+    wait_for_update(qtbot, w)
+    w.live_view.set_threshold(0.01)                  # every frame NG
+    qtbot.waitUntil(lambda: w.live_review.list.count() >= 3, timeout=30_000)
+    review = w.live_review
+    review.list.item(0).setSelected(True)
+    review.list.item(1).setSelected(True)
+    saved = review.label_selected("OK")                   # two false alarms
+    assert len(saved) == 2 and all(p.is_file() and p.parent.name == "OK" for p in saved)
+    review.list.item(0).setSelected(True)
+    assert len(review.label_selected("NG")) == 1
+    assert "1 confirmed NG, 2 false alarms" in review.counts.text()
+    w.stop()
+    wizard = w.open_wizard()
+    assert set(saved) <= set(wizard.feedback_ok) and len(wizard.feedback_ng) >= 1
+    assert "(2 waiting)" in wizard.samples_page.use_ok.text()
+    wizard.close()

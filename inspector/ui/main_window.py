@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, QThread, QTimer
+from PySide6.QtCore import QEvent, QSettings, Qt, QThread, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
@@ -40,6 +40,7 @@ from ..results.overlay import render
 from ..results.store import ResultStore
 from . import help_text
 from .batch_view import BatchView
+from .live_review import LiveReview, feedback_files
 from .live_view import LiveView
 from .settings import DEMO_MODEL, AppSettings, SettingsDialog
 from .wizard import RetrainWizard
@@ -87,12 +88,18 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.addTab(self.live_view, "Live inspection")
         self.tabs.addTab(self.batch_view, "Batch review")
+        self.live_review = LiveReview(data_dir() / "feedback")
+        self.tabs.addTab(self.live_review, "Live review")
         central = QWidget()
         lay = QVBoxLayout(central)
         lay.setContentsMargins(4, 4, 4, 4)
-        lay.addWidget(self.banner)
         lay.addWidget(self.tabs, 1)
         self.setCentralWidget(central)
+        # the banner floats over the top of the views: showing and hiding it never moves the layout
+        self.banner.setParent(central)
+        self.banner.mousePressEvent = lambda _event: self.banner.setVisible(False)     # a click dismisses it
+        self.banner.setToolTip("Click to dismiss")
+        central.installEventFilter(self)
         self._build_status_bar()
 
         self.live_view.thresholdChanged.connect(self._threshold_changed)
@@ -187,6 +194,8 @@ class MainWindow(QMainWindow):
             feedback = {label: store.labelled_files(label) for label in feedback}
         except Exception as exc:              # a database that cannot be read: retrain from folders alone
             self.notify(f"Review labels could not be read: {exc}", "warning")
+        for label, files in feedback.items():     # and the live frames labelled in live review
+            files += feedback_files(self.live_review.feedback_root, label)
 
         def live_frame():
             update = self.live_view.last_update
@@ -218,6 +227,10 @@ class MainWindow(QMainWindow):
     def _build_status_bar(self) -> None:
         self.device_label, self.model_label = QLabel("device: —"), QLabel("model: —")
         self.fps_label, self.latency_label, self.dropped_label = QLabel("— fps"), QLabel("latency —"), QLabel("")
+        self.fps_label.setToolTip("Frames inspected per second")
+        self.latency_label.setToolTip("From a frame's capture to its verdict on screen")
+        self.dropped_label.setToolTip("Camera frames skipped because a newer one had arrived before the detector "
+                                      "was free: the view stays current (Help ▸ Dropped frames)")
         for w in (self.device_label, self.model_label, self.fps_label, self.latency_label, self.dropped_label):
             self.statusBar().addPermanentWidget(w)
 
@@ -254,12 +267,26 @@ class MainWindow(QMainWindow):
         self.qs.sync()
 
     # -- notifications ----------------------------------------------------------------------------
+    def _place_banner(self) -> None:
+        """Across the top of the views, under the tab bar, as tall as its text needs."""
+        central = self.centralWidget()
+        width = max(100, central.width() - 16)
+        top = self.tabs.geometry().top() + self.tabs.tabBar().height() + 4
+        self.banner.setGeometry(8, top, width, self.banner.heightForWidth(width))
+
+    def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+        if watched is self.centralWidget() and event.type() == QEvent.Resize:
+            self._place_banner()
+        return False
+
     def notify(self, text: str, level: str = "info", *, sticky: bool = False) -> None:
         """A banner above the views that never blocks; it goes away by itself unless ``sticky``."""
         log.info("%s: %s", level, text)
         self.banner.setText(text)
         self.banner.setStyleSheet(f"padding:6px; border-radius:4px; {BANNER_STYLE[level]}")
+        self._place_banner()
         self.banner.setVisible(True)
+        self.banner.raise_()
         self._banner_timer.stop()
         if not sticky:
             self._banner_timer.start(8000)
@@ -517,6 +544,7 @@ class MainWindow(QMainWindow):
             update.worker.shown()
             return
         self.live_view.show_update(update)
+        self.live_review.add(update.result)
         update.worker.shown()
         self.fps_label.setText(f"{update.fps:.1f} fps")
         self.latency_label.setText(f"latency {update.latency_ms:.0f} ms")
