@@ -92,3 +92,13 @@ def test_samples_of_mixed_sizes_and_colour_and_grey_files_train(tmp_path):
     result = retrain(Samples.from_folders([folder]), method="patchcore", preset="fast", device="cpu")
     assert result.validation.figures()["n_validation_good"] == 5
     assert np.isfinite(result.validation.raw_good).all()
+
+
+def test_the_training_time_is_estimated_by_a_probe_on_this_machine(tiny_mvtec):
+    from inspector.app.retrain import estimate_seconds
+
+    samples = samples_of(tiny_mvtec)
+    fast = estimate_seconds(samples, method="patchcore", preset="fast", device="cpu")
+    slow = estimate_seconds(samples, method="eidn", preset="accurate", device="cpu")
+    assert 0 < fast < slow < 600
+    assert estimate_seconds(samples, method="ae", preset="fast", device="cpu") > 0

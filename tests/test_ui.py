@@ -341,7 +341,7 @@ def test_the_retraining_wizard_goes_from_samples_to_an_activated_model(qtbot, wi
     wizard.next()
     assert wizard.method_page.method.currentData() == "eidn"       # defects given: the method that uses them
     wizard.method_page.method.setCurrentIndex(wizard.method_page.method.findData("patchcore"))
-    assert "min on this machine" in wizard.method_page.estimate.text()
+    qtbot.waitUntil(lambda: "min on this machine" in wizard.method_page.estimate.text(), timeout=60_000)
     wizard.next()
     qtbot.waitUntil(wizard.train_page.isComplete, timeout=120_000)
     assert "Trained in" in wizard.train_page.message.text()
@@ -422,3 +422,21 @@ def test_live_review_keeps_ng_frames_and_their_labels_reach_the_wizard(qtbot, wi
     assert set(saved) <= set(wizard.feedback_ok) and len(wizard.feedback_ng) >= 1
     assert "(2 waiting)" in wizard.samples_page.use_ok.text()
     wizard.close()
+
+
+def test_the_wizard_captures_good_samples_from_the_live_view(qtbot, tmp_path):
+    from inspector.modelstore.registry import Registry
+    from inspector.ui.wizard import RetrainWizard
+
+    frame = texture(np.random.default_rng(0))
+    wizard = RetrainWizard(Registry(tmp_path / "models"), capture_dir=tmp_path / "captured",
+                           live_frame=lambda: frame)
+    qtbot.addWidget(wizard)
+    page = wizard.samples_page
+    page.capture_count.setValue(3)
+    page.capture_interval.setValue(100)
+    page.capture_button.click()
+    qtbot.waitUntil(lambda: len(list((tmp_path / "captured").glob("*.png"))) == 3, timeout=10_000)
+    qtbot.waitUntil(lambda: "3 good samples" in page.counter.text(), timeout=5_000)
+    assert page.capture_button.text() == "Capture from the live view"       # it stopped by itself
+    assert page.preview.pixmap() is not None and not page.preview.pixmap().isNull()

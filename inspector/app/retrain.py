@@ -217,6 +217,55 @@ def retrain(samples: Samples, *, method: str = "patchcore", preset: str = "balan
     return RetrainResult(trained, shares, validation, time.perf_counter() - t0)
 
 
+def estimate_seconds(samples: Samples, *, method: str = "patchcore", preset: str = "balanced",
+                     device: str = "auto") -> float:
+    """Training time on this machine and device, from a probe: the backbone (or, for a tile method,
+    a few training steps) timed on two of the samples, scaled to the images and steps the run will
+    take.  Rough (decoding, calibration and the coreset are estimated with the backbone's figure)."""
+    import torch
+
+    import models
+
+    from ..detect.device import resolve_device
+    from ..detect.scoring import whole_images
+    from ..learn.backbones import pretrained_backbone
+    from ..learn.datasets import load_images
+    from .jobs import HEAD_GOODS, build_detector, pseudo_count
+
+    cls = models.get_method(method)
+    p = PRESETS[preset]
+    n = len(samples.goods) + len(samples.defects)
+    dev = resolve_device(device)
+    probe = load_images(samples.goods[:2], scale=p.scale if cls.defaults.size is None else 1.0).images
+    if not probe:
+        return 0.0
+    if cls.defaults.size is None:
+        detector = build_detector(cls, None, 3, {})
+        backbone = detector.patch_features.backbone
+        backbone.load_weights(pretrained_backbone(backbone.name, backbone.stages).state_dict())
+        detector.to(dev)
+        whole_images(detector, detector.features, probe[:1])                 # warm-up
+        t0 = time.perf_counter()
+        whole_images(detector, detector.features, probe)
+        per_image = (time.perf_counter() - t0) / len(probe)
+        if cls.gradient_free:
+            return per_image * n * 1.3                                       # + the coreset
+        images = min(n, HEAD_GOODS) + pseudo_count(min(n, HEAD_GOODS)) + n
+        steps = max(1, round(cls.defaults.epochs * p.epochs_share)) * cls.defaults.steps_per_epoch
+        return per_image * images + 0.05 * steps
+    detector = build_detector(cls, cls.defaults.size, 3, {}).to(dev)
+    detector.make_optimizers()
+    batch = models.TrainBatch(torch.rand(cls.defaults.batch_size, 3, cls.defaults.size, cls.defaults.size,
+                                         device=dev) * 2 - 1)
+    detector.training_step(batch, epoch=1, epochs=1)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        detector.training_step(batch, epoch=1, epochs=1)
+    per_step = (time.perf_counter() - t0) / 3
+    steps = max(1, round(cls.defaults.epochs * p.epochs_share)) * cls.defaults.steps_per_epoch
+    return per_step * steps + 0.01 * n
+
+
 def compare_active(result: RetrainResult, registry: Registry, *, fallback: Path | None = None,
                    progress: ProgressCallback | None = None) -> tuple[str, Validation] | None:
     """The active model — or, without one, ``fallback`` (the model in use) — on the same held-out

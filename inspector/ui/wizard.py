@@ -45,6 +45,7 @@ from ..app.retrain import (
     Samples,
     Validation,
     compare_active,
+    estimate_seconds,
     register,
     retrain,
 )
@@ -54,7 +55,7 @@ from ..learn.training import TrainingCancelled
 from ..modelstore.registry import Registry, Version
 from ..results.overlay import render
 from .batch_view import to_qpixmap
-from .workers import start_in_thread
+from .workers import start_in_thread, start_task
 
 
 class RetrainWorker(QObject):
@@ -230,6 +231,7 @@ class MethodPage(QWizardPage):
         form.addRow("Preset", self.preset)
         form.addRow("", self.estimate)
         form.addRow(advanced)
+        self._asked: tuple[str, str] | None = None
         self.method.currentIndexChanged.connect(self._estimate)
         self.preset.currentIndexChanged.connect(self._estimate)
 
@@ -239,14 +241,24 @@ class MethodPage(QWizardPage):
         self._estimate()
 
     def _estimate(self) -> None:
-        """A rough figure for this machine: seconds per image measured by earlier runs, else a default."""
-        n = len(self.w.samples_page.samples().goods)
-        per_image = {"patchcore": 0.12, "eidn": 0.3, "ae": 0.2}.get(self.method.currentData(), 0.2)
-        share = {"fast": 0.4, "balanced": 1.0, "accurate": 1.6}[self.preset.currentData()]
-        seconds = per_image * n * share + (20 if self.method.currentData() != "patchcore" else 5)
+        """Measured on this machine: a probe times the backbone (or a few training steps) in the background."""
+        samples = self.w.samples_page.samples()
+        method, preset = self.method.currentData(), self.preset.currentData()
+        if not samples.goods:
+            return
+        self.estimate.setText("estimating the training time on this machine…")
+        key = (method, preset)
+        self._asked = key
         device = "GPU" if self.w.has_gpu else "CPU"
-        self.estimate.setText(f"About {max(1, round(seconds / 60))} min on this machine's {device} "
-                              f"for {n} good samples (a rough estimate; the next page shows the real ETA).")
+
+        def shown(seconds: float) -> None:
+            if self._asked == key:
+                self.estimate.setText(f"About {max(1, round(seconds / 60))} min on this machine's {device} for "
+                                      f"{len(samples.goods)} good samples (measured on two of them; the next page "
+                                      f"shows the real ETA).")
+
+        start_task(lambda: estimate_seconds(samples, method=method, preset=preset), shown,
+                   lambda msg: self.estimate.setText(f"no estimate: {msg}"))
 
 
 class TrainPage(QWizardPage):
