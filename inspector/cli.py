@@ -206,6 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint left by an interrupted run of the same command")
 
+    p = sub.add_parser("retrain", help="the retraining wizard's service: train on folders of good parts (and "
+                                       "defects), validate beside the active model, record a version")
+    p.add_argument("--goods", type=Path, action="append", required=True, metavar="DIR",
+                   help="a folder of good parts (repeatable)")
+    p.add_argument("--defects", type=Path, action="append", default=[], metavar="DIR",
+                   help="a folder of labelled defects (optional, repeatable)")
+    p.add_argument("--feedback", action="store_true",
+                   help="also take the items labelled OK / NG in batch and live review")
+    p.add_argument("--method", default="patchcore", help="patchcore (default), eidn or ae")
+    p.add_argument("--preset", default="balanced", help="fast, balanced (default) or accurate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (default: CUDA GPU if present), cpu, cuda, cuda:N")
+    p.add_argument("--name", help="the version's name in the registry")
+    p.add_argument("--activate", action="store_true", help="make the new version the active model")
+
     p = sub.add_parser("eval", help="score a data folder's test split with a model file")
     p.add_argument("--model", type=_model_arg, default=None, metavar="MODEL",
                    help="a model file, or a registry version (v0003); default: the registry's active model")
@@ -363,6 +378,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{where} as {version.id}{active}: {args.method}, {t['n_train_good']} good + {t['n_train_defect']} "
           f"labelled defects, {t['epochs_done']} epochs in {t['seconds']:.0f} s on {t['device']}, "
           f"threshold {trained.calibration.threshold:.6g} ({trained.calibration.rule})")
+    return EXIT_OK
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from .app.retrain import PRESETS, RetrainError, Samples, compare_active, register, retrain
+    from .base.paths import data_dir, default_results_db
+    from .modelstore.registry import Registry
+    from .results.store import ResultStore
+
+    if args.preset not in PRESETS:
+        raise InputError(f"unknown preset {args.preset!r}: {', '.join(PRESETS)}")
+    extra: dict[str, list[Path]] = {"OK": [], "NG": []}
+    if args.feedback:
+        if default_results_db().exists():
+            with ResultStore(default_results_db()) as store:
+                extra = {label: store.labelled_files(label) for label in extra}
+        for label in extra:
+            extra[label] += sorted((data_dir() / "feedback" / label).glob("*.png"))
+    samples = Samples.from_folders(args.goods, args.defects, extra_goods=extra["OK"], extra_defects=extra["NG"])
+    print(f"{len(samples.goods)} good samples, {len(samples.defects)} labelled defects", file=sys.stderr)
+    registry = Registry()
+    try:
+        result = retrain(samples, method=args.method, preset=args.preset, seed=args.seed, device=args.device,
+                         progress=ProgressBar())
+    except RetrainError as exc:
+        raise InputError(str(exc)) from None
+    mine = result.validation.figures()
+    theirs = compare_active(result, registry)
+    version = register(result, registry, name=args.name, activate=args.activate)
+
+    def line(label: str, f: dict) -> str:
+        parts = [f"false_alarm_rate={f['false_alarm_rate']:.3f}"]
+        parts += [f"{k}={f[k]:.3f}" for k in ("recall", "image_auroc") if f[k] is not None]
+        return f"{label}: " + " ".join(parts)
+
+    print(line(f"new {version.id}", mine))
+    if theirs is not None:
+        print(line(f"active {theirs[0]}", theirs[1].figures()))
+    print(f"recorded {version.id}" + (" (active)" if registry.is_active(version.id) else "")
+          + f" in {result.seconds:.0f} s")
     return EXIT_OK
 
 
@@ -584,7 +639,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "models": cmd_models,
+COMMANDS = {"train": cmd_train, "retrain": cmd_retrain, "eval": cmd_eval, "bench": cmd_bench, "models": cmd_models,
             "inspect": cmd_inspect, "bench-pipeline": cmd_bench_pipeline}
 
 

@@ -102,3 +102,18 @@ def test_the_training_time_is_estimated_by_a_probe_on_this_machine(tiny_mvtec):
     slow = estimate_seconds(samples, method="eidn", preset="accurate", device="cpu")
     assert 0 < fast < slow < 600
     assert estimate_seconds(samples, method="ae", preset="fast", device="cpu") > 0
+
+
+def test_the_command_line_retrains_through_the_same_service(tiny_mvtec, tmp_path, monkeypatch, capsys):
+    from inspector.cli import main
+
+    monkeypatch.setenv("INSPECTOR_DATA_DIR", str(tmp_path / "data"))
+    rc = main(["retrain", "--goods", str(tiny_mvtec / "train" / "good"), "--goods", str(tiny_mvtec / "test" / "good"),
+               "--defects", str(tiny_mvtec / "test" / "blob"), "--preset", "fast", "--device", "cpu",
+               "--activate", "--name", "cli"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "new v0001: false_alarm_rate=" in out and "image_auroc=" in out and "recorded v0001 (active)" in out
+    assert Registry(tmp_path / "data" / "models").active().name == "cli"
+    few = main(["retrain", "--goods", str(tiny_mvtec / "test" / "good")])
+    assert few == 2 and "12 good samples: at least 20 are needed" in capsys.readouterr().err
