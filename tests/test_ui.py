@@ -156,7 +156,8 @@ def test_batch_review_lists_sorts_labels_and_exports(qtbot, window, tmp_path):
 
     view.kind.setCurrentText("ERROR")                 # an error row says why in place of its images
     view.table.selectRow(0)
-    assert "not inspected — " in view.detail.note.text and view.detail.images[0].image is None
+    assert "not inspected — " in view.detail_note.text() and view.detail.images[0].image is None
+    assert not view.detail_note.isHidden()
     view.kind.setCurrentText("all")
 
     again = BatchView(tmp_path / "results.sqlite")   # after a restart the last run opens as it was

@@ -146,7 +146,6 @@ class DetailPanel(pg.GraphicsLayoutWidget):
                 view.setYLink(self.views[0])
             self.views.append(view)
             self.images.append(item)
-        self.note = self.addLabel("", row=2, col=0, colspan=3, color="#f08c00", size="11pt")
         self.heat_over = pg.ImageItem(axisOrder="row-major")
         self.heat_over.setOpacity(0.45)
         self.views[1].addItem(self.heat_over)
@@ -154,10 +153,8 @@ class DetailPanel(pg.GraphicsLayoutWidget):
         for item in (self.heat_over, self.images[2]):
             item.setLookupTable(lut)
 
-    def show_item(self, image: np.ndarray | None, heat: np.ndarray | None, note: str = "") -> None:
-        """An item's panes; with no image (an error row, a file gone) the panes are emptied and ``note``
-        says why in their place."""
-        self.note.setText(note)
+    def show_item(self, image: np.ndarray | None, heat: np.ndarray | None) -> None:
+        """An item's panes; with no image (an error row, a file gone) they are emptied."""
         if image is None:
             for item in (*self.images, self.heat_over):
                 item.clear()
@@ -261,8 +258,17 @@ class BatchView(QWidget):
         self.histogram.addItem(self.hist_curve)
         self.hist_line = pg.InfiniteLine(0.5, angle=90, pen=pg.mkPen("#e03131", width=2))
         self.histogram.addItem(self.hist_line)
+        self.detail_note = QLabel()
+        self.detail_note.setWordWrap(True)
+        self.detail_note.setStyleSheet("padding:6px; color:#5c3c00; background:#fff3bf; border-radius:4px;")
+        self.detail_note.setVisible(False)
+        details = QWidget()
+        dlay = QVBoxLayout(details)
+        dlay.setContentsMargins(0, 0, 0, 0)
+        dlay.addWidget(self.detail_note)
+        dlay.addWidget(self.detail, 1)
         right = QSplitter(Qt.Vertical)
-        right.addWidget(self.detail)
+        right.addWidget(details)
         right.addWidget(self.histogram)
         right.setStretchFactor(0, 3)
         right.setStretchFactor(1, 1)
@@ -376,9 +382,12 @@ class BatchView(QWidget):
             return
         row = self.model.rows[self.proxy.mapToSource(current).row()]
         thumb, heat = self.store.images(row.id)
-        if row.error is not None:
-            self.detail.show_item(thumb, None, f"{Path(row.display).name}: not inspected — {row.error}")
+        if row.error is not None:                   # the reason, where the images would be
+            self.detail.show_item(None, None)
+            self.detail_note.setText(f"{Path(row.display).name}: not inspected — {row.error}")
+            self.detail_note.setVisible(True)
             return
+        self.detail_note.setVisible(False)
         self.detail.show_item(thumb, heat)          # at once, from the database ...
         path = Path(row.item)
         if path.is_file():                          # ... then the full-resolution original, off the UI thread
