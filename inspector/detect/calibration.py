@@ -133,4 +133,4 @@ def fit_warning(normalised: np.ndarray) -> str | None:
         return None
     return (f"{far} of {len(scores)} items scored far above the threshold: the model most likely does not fit "
             f"these images (trained on other parts, another camera or lighting). Train one on this line's good "
-            f"parts before trusting these verdicts.")
+            f"parts before trusting these verdicts: Models ▸ Retrain… in the window, or the 'retrain' command.")
