@@ -30,7 +30,7 @@ def brick_slice(shared_data, tmp_path_factory):
 def test_bench_on_real_data_separates_defects_better_than_chance(brick_slice, tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "--data", str(brick_slice), "--method", "eidn", "--anomaly-fraction", "0.2",
-               "--json", str(out), *FAST_HEAD])
+               "--scale", "0.5", "--json", str(out), *FAST_HEAD])
     assert rc == 0
     result = json.loads(out.read_text())
     for key in ("method", "data", "size", "anomaly_fraction", "n_train_good", "n_train_defect", "n_test_good",

@@ -20,13 +20,13 @@ from inspector.cli import main
 
 @pytest.fixture(scope="module")
 def brick(shared_data, tmp_path_factory):
-    """A slice of the real brickwork set and an EIDN model trained on it in this test (seconds)."""
+    """A slice of the real brickwork set and the default detector fitted on it in this test (seconds)."""
     root = tmp_path_factory.mktemp("brick-inspect")
     data = real_slice(shared_data / "brickwork_crack", root / "data",
                       {"train/good": 80, "train/defect/crack": 30, "test/good": 25, "test/crack": 25})
-    model = root / "eidn.safetensors"
-    assert main(["train", "--data", str(data), "--method", "eidn", "--anomaly-fraction", "0.2",
-                 "--out", str(model), "--epochs", "5", "--steps-per-epoch", "20", "--false-alarm-rate", "0.1"]) == 0
+    model = root / "bank.safetensors"
+    assert main(["train", "--data", str(data), "--method", "default", "--out", str(model),
+                 "--false-alarm-rate", "0.1"]) == 0
     return data, model
 
 
