@@ -82,7 +82,9 @@ def _reset(module: nn.Module) -> None:
 class AGADFeatures(FeatureDetector):
     method = "agad_features"
     uses_anomalies = True
-    defaults = TrainingDefaults(epochs=20, steps_per_epoch=50, batch_size=8, size=None)
+    # 300 steps of 8 images: on brickwork's validation split (G = 0.05, seed 0) 0.927, against 0.887
+    # for AGAD on pixels with its full schedule.
+    defaults = TrainingDefaults(epochs=6, steps_per_epoch=50, batch_size=8, size=None)
     default_smoothing = 1.0
 
     def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
