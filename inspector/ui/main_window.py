@@ -632,7 +632,8 @@ class MainWindow(QMainWindow):
             if (before.tile, before.stride, before.device) != (self.settings.tile, self.settings.stride,
                                                                self.settings.device) and self.model_path:
                 self.load_model(self.model_path)     # re-tile / move to the new device
-            if before.models_dir != self.settings.models_dir:
+            if before.models_dir != self.settings.models_dir:    # another registry
+                self.registry = Registry(self.settings.models_dir)
                 self._refresh_models()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
