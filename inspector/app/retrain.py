@@ -67,6 +67,13 @@ METHODS = {
 }
 
 
+def fitted_in_one_pass(method: str) -> bool:
+    """The method has no training loss to follow (a memory bank)."""
+    import models
+
+    return models.get_method(method).gradient_free
+
+
 @dataclass
 class Samples:
     goods: list[Path]

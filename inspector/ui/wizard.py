@@ -46,6 +46,7 @@ from ..app.retrain import (
     Validation,
     compare_active,
     estimate_seconds,
+    fitted_in_one_pass,
     register,
     retrain,
 )
@@ -291,10 +292,8 @@ class TrainPage(QWizardPage):
         self.message.setText("")
         self.cancel.setEnabled(True)
         method, preset = w.method_page.method.currentData(), w.method_page.preset.currentData()
-        import models
-
-        self.loss_plot.setTitle("Training loss" if not models.get_method(method).gradient_free
-                                else "No loss to plot: the memory bank is fitted in one pass")
+        self.loss_plot.setTitle("No loss to plot: the memory bank is fitted in one pass"
+                                if fitted_in_one_pass(method) else "Training loss")
         self.worker = RetrainWorker(w.samples_page.samples(), method, preset, w.method_page.seed.value(), w.registry,
                                     w.current_model)
         self.worker.progress.connect(self._progress)
