@@ -50,7 +50,7 @@ class LossWeights:
     lat: float = 5.0
 
 
-def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
@@ -58,7 +58,7 @@ def generator_loss_normal(y_hat: torch.Tensor, x: torch.Tensor, x_hat: torch.Ten
                           z: torch.Tensor, z_hat: torch.Tensor, w: LossWeights,
                           contextual: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """Normal tiles: l_adv BCE(y^, 1) + l_con ||x - x^||_1 - l_adcon ||x^ - x^'||_1 + l_lat ||z - z^||_2^2."""
-    adv, con = _bce(y_hat, 1.0), (x - x_hat).abs().mean()
+    adv, con = bce(y_hat, 1.0), (x - x_hat).abs().mean()
     adcon, lat = (x_hat - x_hat2).abs().mean(), (z - z_hat).pow(2).mean()
     total = w.adv * adv + w.con * con + w.lat * lat
     if contextual:
@@ -79,7 +79,7 @@ def generator_loss_anomalous(ya_hat: torch.Tensor, xa: torch.Tensor, xa_hat: tor
     with 1 / e_a^2, hundreds of times harder than the term G learns from (0.60 against 0.73 for no
     labels on casting, measured with it).
     """
-    total = (w.adv / (_bce(ya_hat, 0.0) + EPS) + w.adcon / ((xa_hat - xa_hat2).abs().mean() + EPS)
+    total = (w.adv / (bce(ya_hat, 0.0) + EPS) + w.adcon / ((xa_hat - xa_hat2).abs().mean() + EPS)
              + w.lat / ((za - za_hat).pow(2).mean() + EPS))
     if normal_error is not None:
         total = total + w.con * normal_error.detach() / ((xa - xa_hat).abs().mean() + EPS)
@@ -88,9 +88,9 @@ def generator_loss_anomalous(ya_hat: torch.Tensor, xa: torch.Tensor, xa_hat: tor
 
 def discriminator_loss(y: torch.Tensor, y_hat: torch.Tensor, ya: torch.Tensor | None = None) -> torch.Tensor:
     """BCE(y^, 0) + BCE(y, 1) on normal tiles and their reconstructions, + BCE(y_a, 0) on anomalies."""
-    loss = _bce(y_hat, 0.0) + _bce(y, 1.0)
+    loss = bce(y_hat, 0.0) + bce(y, 1.0)
     if ya is not None:
-        loss = loss + _bce(ya, 0.0)
+        loss = loss + bce(ya, 0.0)
     return loss
 
 
@@ -144,7 +144,8 @@ class Discriminator(nn.Module):
         return self.classifier(z).flatten(), z
 
 
-def _reset(module: nn.Module) -> None:
+def reset_parameters(module: nn.Module) -> None:
+    """``Module.apply`` it to re-initialise a network (GANomaly's remedy for a collapsed discriminator)."""
     if hasattr(module, "reset_parameters"):
         module.reset_parameters()
 
@@ -243,7 +244,7 @@ class AGAD(Detector):
 
     def reset_discriminator(self) -> None:
         """Re-initialise D (and its optimiser's state) after its loss collapsed (GANomaly's remedy)."""
-        self.D.apply(_reset)
+        self.D.apply(reset_parameters)
         self.optimizers[1].state.clear()
         self.d_resets += 1
 

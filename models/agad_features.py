@@ -22,13 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .agad import D_COLLAPSE, EPS, LossWeights
+from .agad import D_COLLAPSE, EPS, LossWeights, bce, reset_parameters
 from .base import Inference, TrainBatch, TrainingDefaults, register
 from .features import FeatureDetector, map_max
-
-
-def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
 def _masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -71,11 +67,6 @@ class FeatureDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.features(x)
         return self.classifier(z).mean(dim=(1, 2, 3)), z
-
-
-def _reset(module: nn.Module) -> None:
-    if hasattr(module, "reset_parameters"):
-        module.reset_parameters()
 
 
 @register
@@ -126,7 +117,7 @@ class AGADFeatures(FeatureDetector):
         y_hat, z_hat = self.D(x_hat)
         with torch.no_grad():
             z = self.D(x)[1]
-        adv = _bce(y_hat, 1.0)
+        adv = bce(y_hat, 1.0)
         con = _masked_mean((x - x_hat).abs(), valid)
         lat = (z - z_hat).pow(2).mean()
         loss_g = w.adv * adv + w.con * con + w.lat * lat
@@ -136,19 +127,19 @@ class AGADFeatures(FeatureDetector):
             ya_hat, za_hat = self.D(self.G(xa))
             with torch.no_grad():
                 za = self.D(xa)[1]
-            loss_g = loss_g + w.adv / (_bce(ya_hat, 0.0) + EPS) + w.lat / ((za - za_hat).pow(2).mean() + EPS)
+            loss_g = loss_g + w.adv / (bce(ya_hat, 0.0) + EPS) + w.lat / ((za - za_hat).pow(2).mean() + EPS)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
 
-        loss_d = _bce(self.D(x)[0], 1.0) + _bce(self.D(x_hat.detach())[0], 0.0)
+        loss_d = bce(self.D(x)[0], 1.0) + bce(self.D(x_hat.detach())[0], 0.0)
         if xa is not None:
-            loss_d = loss_d + _bce(self.D(xa)[0], 0.0)
+            loss_d = loss_d + bce(self.D(xa)[0], 0.0)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
         if loss_d.item() < D_COLLAPSE:
-            self.D.apply(_reset)
+            self.D.apply(reset_parameters)
             opt_d.state.clear()
             self.d_resets += 1
         return {"loss": con.item(), "loss_g": loss_g.item(), "loss_d": loss_d.item()}

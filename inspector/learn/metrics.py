@@ -30,7 +30,10 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def rates_at(threshold: float, good_scores: np.ndarray, defect_scores: np.ndarray) -> tuple[float, float]:
-    """(false-alarm rate on goods, recall on defects) when ``score > threshold`` means anomalous."""
-    far = float(np.mean(np.asarray(good_scores) > threshold)) if len(good_scores) else float("nan")
-    recall = float(np.mean(np.asarray(defect_scores) > threshold)) if len(defect_scores) else float("nan")
-    return far, recall
+    """(false-alarm rate on goods, recall on defects) when ``score > threshold`` means anomalous; a
+    non-finite score counts as flagged (a NaN never reads as OK)."""
+    def flagged(scores) -> float:
+        scores = np.asarray(scores, dtype=np.float64)
+        return float(np.mean((scores > threshold) | ~np.isfinite(scores))) if len(scores) else float("nan")
+
+    return flagged(good_scores), flagged(defect_scores)
