@@ -186,6 +186,9 @@ def _add_tiling_args(p: argparse.ArgumentParser) -> None:
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default: CUDA GPU if present), cpu, cuda, cuda:N")
     p.add_argument("--half", action="store_true", help="float16 inference on a CUDA GPU")
+    p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
+                   help="auto (default: ONNX Runtime on the CPU, PyTorch on a GPU), torch, or onnx (ONNX Runtime, "
+                        "CPU; also runs a .onnx file from 'export')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=_model_arg, default=None, metavar="MODEL",
                    help="a model file, or a registry version (v0003); default: the registry's active model")
     p.add_argument("--data", type=Path, required=True, help="data folder in the MVTec AD layout")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    _add_inference_args(p)
     p.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
 
     p = sub.add_parser("bench", help="train, calibrate and score in one run; print the figures")
@@ -270,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera-fps", type=float, default=60.0,
                    help="rate at which the simulated camera offers frames (default 60)")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the figures as JSON")
+
+    p = sub.add_parser("export", help="write a model as an ONNX graph, with a JSON of its threshold, score "
+                                      "normalisation, input and tiling beside it",
+                       description="Export MODEL (a model file or a registry version) as OUT.onnx and OUT.json. The "
+                                   "graph holds the backbone and the head and outputs raw scores and maps; the "
+                                   "threshold and normalisation stay outside it, in the JSON.")
+    p.add_argument("out", type=Path, metavar="OUT", help="the ONNX file to write (.onnx is added if missing)")
+    p.add_argument("--model", type=_model_arg, default=None, metavar="MODEL",
+                   help="a model file, or a registry version (v0003); default: the registry's active model")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="onnx (the only format)")
 
     p = sub.add_parser("models", help="the model registry (list, show, activate, rollback, delete, ...); "
                                       "with no action, the detection methods")
@@ -427,7 +440,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .detect.device import device_name
     from .learn.datasets import discover
 
-    inspector, meta = load_inspector(args.model, InspectorSettings(device=args.device))
+    inspector, meta = load_inspector(args.model, InspectorSettings(device=args.device, half=args.half,
+                                                                   engine=args.engine))
     dataset = discover(args.data, need_train=False, need_test=True)
     result = {"model": str(args.model), "method": meta["method"], "data": str(args.data),
               "device": device_name(inspector.detector.device)}
@@ -493,7 +507,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file: give a folder for the overlays")
     settings = InspectorSettings(tile=args.tile, stride=args.stride, roi=args.roi, device=args.device,
-                                 half=args.half)
+                                 half=args.half, engine=args.engine)
     inspector, meta = load_inspector(args.model, settings)
     if inspector.detector.fully_convolutional and (args.tile or args.stride):
         raise InputError(f"{args.model} inspects each frame whole at its own scale: --tile and --stride apply "
@@ -541,16 +555,24 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_RUN_FAILED if summary.failed else EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .modelstore.onnx_files import description_path, export_onnx
+
+    graph = export_onnx(args.model, args.out)
+    print(f"wrote {graph} ({graph.stat().st_size / 2**20:.1f} MB) and {description_path(graph)}")
+    return EXIT_OK
+
+
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from .app.pipeline_bench import LiveSettings, bench_pipeline
 
     live = LiveSettings(tile=args.live_tile, stride=args.live_stride, seconds=args.live_seconds,
                         camera_fps=args.camera_fps)
-    result = bench_pipeline(args.model, args.folder, device=args.device, half=args.half, live=live,
-                            progress=ProgressBar())
+    result = bench_pipeline(args.model, args.folder, device=args.device, half=args.half, engine=args.engine,
+                            live=live, progress=ProgressBar())
     _write_json(args.json, result)
-    for key in ("model", "method", "folder", "n_files", "device", "live_tile", "live_tiles_per_frame", "live_scale",
-                "live_frames", "live_dropped", "overlay_ms"):
+    for key in ("model", "method", "folder", "n_files", "device", "engine", "live_tile", "live_tiles_per_frame",
+                "live_scale", "live_frames", "live_dropped", "overlay_ms"):
         print(f"{key}={result[key]}")
     print(f"folder_items_per_s={result['folder_items_per_s']:.2f} "
           f"decode_only_items_per_s={result['decode_only_items_per_s']:.2f} ratio={result['ratio']:.3f} "
@@ -640,7 +662,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "retrain": cmd_retrain, "eval": cmd_eval, "bench": cmd_bench, "models": cmd_models,
-            "inspect": cmd_inspect, "bench-pipeline": cmd_bench_pipeline}
+            "inspect": cmd_inspect, "bench-pipeline": cmd_bench_pipeline, "export": cmd_export}
 
 
 class InputError(InspectorError):

@@ -104,7 +104,7 @@ class PatchFeatures(nn.Module):
             if self.pool > 1:
                 m = F.avg_pool2d(m, self.pool, 1, self.pool // 2, count_include_pad=False)
             if m.shape[-2:] != size or bool(self.centre_offsets[k].any()):
-                grid = self._sampling_grid(k, tuple(m.shape[-2:]), tuple(size), len(m)).to(m.dtype)
+                grid = self._sampling_grid(k, tuple(m.shape[-2:]), tuple(size), m.shape[0]).to(m.dtype)
                 m = F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=False)
             out.append(m)
         return torch.cat(out, dim=1)

@@ -51,8 +51,16 @@ def greedy_coreset(x: torch.Tensor, m: int, *, projection: int = 128,
 
 
 def nearest_distance(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance from each query (N, D) to its nearest bank row (M, D): (N,)."""
+    """Euclidean distance from each query (N, D) to its nearest bank row (M, D): (N,).
+
+    In chunks of queries, which bound the distance matrix; an ONNX export takes one product (a
+    traced loop would keep the trace's chunk count for every input size).
+    """
     bank_sq = bank.pow(2).sum(1)
+    if torch.onnx.is_in_onnx_export():
+        q = queries.float()
+        d2 = q.pow(2).sum(1, keepdim=True) - 2.0 * (q @ bank.T) + bank_sq
+        return d2.amin(dim=1).clamp_min(0.0).sqrt()
     out = torch.empty(len(queries), device=queries.device)
     for start in range(0, len(queries), _QUERY_CHUNK):
         q = queries[start:start + _QUERY_CHUNK].float()

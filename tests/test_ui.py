@@ -65,7 +65,8 @@ def test_first_launch_runs_the_demo_and_the_view_updates(qtbot, window, settings
     assert update.rgb.shape == (720, 1280, 3)
     assert w.live_view.frame.frame_item.image.shape == (720, 1280, 3)
     assert w.live_view.verdict.text().split()[0] in ("OK", "NG")
-    assert "demo-patchcore" in w.model_label.text() and "cpu" in w.device_label.text()
+    assert "demo-patchcore" in w.model_label.text()
+    assert "cpu" in w.device_label.text() and "ONNX Runtime" in w.device_label.text()   # the CPU default engine
     qtbot.waitUntil(lambda: w.fps_label.text() != "— fps", timeout=10_000)
     assert not w.live_view.embedding.embedding        # the memory bank has no embedding: a score histogram
     heat = w.live_view.frame.heat_item.image

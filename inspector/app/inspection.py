@@ -28,16 +28,17 @@ import cv2
 
 from ..base.atomic import OutputError
 from ..base.progress import Progress, ProgressCallback
-from ..detect.device import device_name, resolve_device
+from ..detect.device import device_name
 from ..detect.pipeline import ERROR, NG, OK, FrameResult, Inspector
 from ..detect.tiling import Roi, TilingError
 from ..frames.frame import Frame
 from ..frames.images import write_image
 from ..frames.listing import ALREADY_RECORDED, display_name
 from ..frames.sources import CameraSource, FolderSource, Source
-from ..modelstore.modelfile import calibration_of, load_model
+from ..modelstore.modelfile import calibration_of
 from ..results.overlay import render
 from ..results.store import CANCELLED, COMPLETED, INTERRUPTED, RUNNING, ResultStore, image_thumbnail
+from .engine import load_detector
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +71,19 @@ class InspectorSettings:
     roi: Roi | None = None
     device: str = "auto"
     half: bool = False
+    engine: str = "auto"          # ``engine.ENGINES``: auto, torch or onnx
 
 
 def load_inspector(model: str | Path, settings: InspectorSettings) -> tuple[Inspector, dict[str, Any]]:
-    """Load a model file onto the chosen device and wrap it with its stored calibration.
+    """Load a model file (or an ONNX export) on the chosen device and engine, and wrap it with its
+    stored calibration.
 
     A fully convolutional model inspects each frame whole, at the scale and with the smoothing it
     was trained and calibrated with.  A tile model without a tile size in ``settings`` uses the
     tiling its file recommends (one trained on tiles of a larger surface, like the demo's), or
     else inspects each frame as one tile.
     """
-    device = resolve_device(settings.device)
-    detector, meta = load_model(model, device=device)
+    detector, meta = load_detector(model, device=settings.device, engine=settings.engine)
     made_for = meta.get("inspection", {})
     if detector.fully_convolutional:     # a tile size set for tile models does not apply: each frame whole
         inspector = Inspector(detector, calibration_of(meta), roi=settings.roi, half=settings.half,
@@ -100,7 +102,8 @@ def run_settings(inspector: Inspector, settings: InspectorSettings) -> dict[str,
              if inspector.detector.fully_convolutional else {})
     return {"tile": inspector.tile, "stride": inspector.stride, **whole, "roi": inspector.roi, "half": settings.half,
             "normalised_threshold": inspector.normalised_threshold,
-            "device": device_name(inspector.detector.device), "input_size": inspector.detector.size,
+            "device": device_name(inspector.detector.device),
+            "engine": getattr(inspector.detector, "engine", "torch"), "input_size": inspector.detector.size,
             "channels": inspector.detector.channels}
 
 

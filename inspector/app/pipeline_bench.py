@@ -95,12 +95,13 @@ def _decode_only(files: list[Path]) -> tuple[int, float]:
 
 
 def bench_pipeline(model: str | Path, folder: str | Path, *, device: str = "auto", half: bool = False,
-                   live: LiveSettings | None = None, progress: ProgressCallback | None = None) -> dict[str, Any]:
+                   engine: str = "auto", live: LiveSettings | None = None,
+                   progress: ProgressCallback | None = None) -> dict[str, Any]:
     live = live or LiveSettings()
     files = list_images(Path(folder))
     if not files:
         raise SourceError(f"{folder}: no image files")
-    settings = InspectorSettings(device=device, half=half)
+    settings = InspectorSettings(device=device, half=half, engine=engine)
     inspector, meta = load_inspector(model, settings)
     _decode_only(files)  # untimed: fill the page cache
     n_decoded, decode_s = _decode_only(files)
@@ -152,5 +153,5 @@ def bench_pipeline(model: str | Path, folder: str | Path, *, device: str = "auto
         "live_latency_p50_ms": float(np.percentile(timed, 50)), "live_latency_p95_ms": float(np.percentile(timed, 95)),
         "overlay_ms": round(float(np.median(overlay_ms)), 2), "device": device_name(inspector.detector.device),
         "device_tag": device_tag(inspector.detector.device),
-        "half": half,
+        "engine": getattr(inspector.detector, "engine", "torch"), "half": half,
     }

@@ -106,7 +106,7 @@ def _require(meta: dict[str, Any], key: str, kind: type | tuple[type, ...], wher
     return value
 
 
-def _check_metadata(meta: dict[str, Any]) -> None:
+def check_metadata(meta: dict[str, Any]) -> None:
     """Every key the program relies on, present and usable; ValueError with the first defect."""
     _require(meta, "method", str)
     inp = _require(meta, "input", dict)
@@ -160,7 +160,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"{path}: model format version {version} is newer than this program reads "
             f"({FORMAT_VERSION}); update Inspector (this is {__version__})")
     try:
-        _check_metadata(meta)
+        check_metadata(meta)
     except ValueError as exc:
         raise ModelFileError(f"{path}: damaged model file: {exc}") from exc
     return meta

@@ -426,7 +426,7 @@ class MainWindow(QMainWindow):
 
     def inspector_settings(self) -> InspectorSettings:
         s = self.settings
-        return InspectorSettings(tile=s.tile or None, stride=s.stride or None, device=s.device)
+        return InspectorSettings(tile=s.tile or None, stride=s.stride or None, device=s.device, engine=s.engine)
 
     def load_model(self, path: Path) -> None:
         """Load in the background; on failure the previous model stays active."""
@@ -449,7 +449,8 @@ class MainWindow(QMainWindow):
             self.live_view.frame.clear_roi()
         created = str(meta.get("created", ""))[:10]
         self.model_label.setText(f"model: {path.stem} ({meta['method']}, {created}, v{meta.get('program_version')})")
-        self.device_label.setText(f"device: {device_name(inspector.detector.device)}")
+        engine = "ONNX Runtime" if getattr(inspector.detector, "engine", "torch") == "onnx" else "PyTorch"
+        self.device_label.setText(f"device: {device_name(inspector.detector.device)}, {engine}")
         self._show_current_model()
         if restart or self._pending_start:
             self._pending_start = False
@@ -629,9 +630,10 @@ class MainWindow(QMainWindow):
             self.settings = dialog.settings()
             self.settings.save(self.qs)
             self.batch_view.set_db_path(self.settings.results_db)
-            if (before.tile, before.stride, before.device) != (self.settings.tile, self.settings.stride,
-                                                               self.settings.device) and self.model_path:
-                self.load_model(self.model_path)     # re-tile / move to the new device
+            how = ("tile", "stride", "device", "engine")
+            if ([getattr(before, k) for k in how] != [getattr(self.settings, k) for k in how]
+                    and self.model_path):
+                self.load_model(self.model_path)     # re-tile / move to the new device or engine
             if before.models_dir != self.settings.models_dir:    # another registry
                 self.registry = Registry(self.settings.models_dir)
                 self._refresh_models()

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..app.engine import ENGINES
 from ..base.paths import data_dir, default_results_db, resource
 
 DEMO_MODEL = resource("demo-patchcore.safetensors")
@@ -35,6 +36,8 @@ class AppSettings:
     tile: int = 0          # 0: what the model recommends, else each frame whole
     stride: int = 0        # 0: the tile size
     device: str = "auto"
+    #: The inference engine (``inspector.app.engine``): auto (ONNX Runtime on the CPU), torch, onnx.
+    engine: str = "auto"
     #: Results older than this many days are forgotten at start (labelled items are kept); 0: never.
     retention_days: int = 90
 
@@ -52,6 +55,7 @@ class AppSettings:
                    snapshots_dir=paths["paths/snapshots_dir"],
                    tile=int(qs.value("inspection/tile", 0)), stride=int(qs.value("inspection/stride", 0)),
                    device=str(qs.value("inspection/device", "auto")),
+                   engine=str(qs.value("inspection/engine", "auto")),
                    retention_days=int(qs.value("results/retention_days", 90)))
 
     def save(self, qs: QSettings) -> None:
@@ -67,6 +71,7 @@ class AppSettings:
         qs.setValue("inspection/tile", self.tile)
         qs.setValue("inspection/stride", self.stride)
         qs.setValue("inspection/device", self.device)
+        qs.setValue("inspection/engine", self.engine)
         qs.setValue("results/retention_days", self.retention_days)
 
 
@@ -108,6 +113,11 @@ class SettingsDialog(QDialog):
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
         self.device.setCurrentText(settings.device)
+        self.engine = QComboBox()
+        self.engine.addItems(list(ENGINES))
+        self.engine.setCurrentText(settings.engine)
+        self.engine.setToolTip("auto: ONNX Runtime when the model runs on the CPU (faster there), PyTorch on a GPU; "
+                               "torch or onnx to choose one")
         self.retention = QSpinBox()
         self.retention.setRange(0, 3650)
         self.retention.setSpecialValueText("for ever")
@@ -122,6 +132,7 @@ class SettingsDialog(QDialog):
         form.addRow("Tile size (px)", self.tile)
         form.addRow("Tile stride (px)", self.stride)
         form.addRow("Device", self.device)
+        form.addRow("Engine", self.engine)
         form.addRow("Keep results", self.retention)
         form.addRow("Results database", db_row)
         form.addRow("Models folder", models_row)
@@ -134,4 +145,5 @@ class SettingsDialog(QDialog):
     def settings(self) -> AppSettings:
         return AppSettings(results_db=Path(self.db.text()), models_dir=Path(self.models.text()),
                            snapshots_dir=Path(self.snaps.text()), tile=self.tile.value(), stride=self.stride.value(),
-                           device=self.device.currentText(), retention_days=self.retention.value())
+                           device=self.device.currentText(), engine=self.engine.currentText(),
+                           retention_days=self.retention.value())
