@@ -8,9 +8,11 @@ import os
 import sys
 
 import pyqtgraph as pg
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from .. import __version__
+from ..base.paths import resource
 
 
 def _no_display() -> bool:
@@ -31,6 +33,8 @@ def run(argv: list[str] | None = None) -> int:
     app.setOrganizationName("Inspector")
     app.setApplicationName("Inspector")
     app.setApplicationVersion(__version__)
+    app.setWindowIcon(QIcon(str(resource("inspector.png"))))
+    app.setDesktopFileName("inspector")           # the desktop entry's name (installer/inspector.desktop)
     from .main_window import MainWindow  # after the application exists: settings paths need its names
 
     window = MainWindow()
