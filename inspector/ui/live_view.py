@@ -92,6 +92,7 @@ class FrameView(pg.GraphicsLayoutWidget):
         self.view = FrameViewBox()
         self.addItem(self.view)
         self.view.rectDrawn.connect(self._roi_drawn)
+        self.view.sigResized.connect(self._limit_view)
         self.frame_item = pg.ImageItem(axisOrder="row-major")
         self.heat_item = pg.ImageItem(axisOrder="row-major")
         self.heat_item.setLevels((0.0, 1.0))
@@ -131,9 +132,23 @@ class FrameView(pg.GraphicsLayoutWidget):
             path.addRect(QRectF(float(x0), float(y0), float(x1 - x0), float(y1 - y0)))
         self.boxes.setPath(path)
         if first:
-            h, w = self.shape           # the view never pans or zooms out past the frame
-            self.view.setLimits(xMin=0, xMax=w, yMin=0, yMax=h, maxXRange=w, maxYRange=h)
+            self._limit_view()
             self.fit()
+
+    def _limit_view(self) -> None:
+        """The view never pans or zooms out past the frame: its limits are the frame centred in the box,
+        with the bars the box's own aspect ratio adds on two sides (limits of the frame alone would crop a
+        16:9 frame in a squarer box, aspect being locked)."""
+        if self.shape is None:
+            return
+        h, w = self.shape
+        box = self.view.boundingRect()
+        aspect = box.width() / box.height() if box.height() > 0 and box.width() > 0 else w / h
+        span_x = max(w, h * aspect) * 1.01      # a little slack: pyqtgraph refits the other axis at equality
+        span_y = span_x / aspect
+        pad_x, pad_y = (span_x - w) / 2, (span_y - h) / 2
+        self.view.setLimits(xMin=-pad_x, xMax=w + pad_x, yMin=-pad_y, yMax=h + pad_y,
+                            maxXRange=span_x, maxYRange=span_y)
 
     def fit(self) -> None:
         """The whole frame in view."""
