@@ -148,3 +148,22 @@ def test_a_graph_without_its_description_or_with_another_is_refused(tmp_path, ca
 def test_an_unknown_engine_is_refused():
     with pytest.raises(EngineError, match="unknown engine 'tensorrt'"):
         load_detector(DEMO, engine="tensorrt")
+
+
+def test_the_engine_cache_exports_once_and_remakes_a_damaged_entry(tmp_path):
+    from inspector.modelstore.modelfile import load_model
+    from inspector.modelstore.onnx_files import cached_graph
+
+    detector, meta = load_model(DEMO)
+    graph = cached_graph(DEMO, meta, detector, tmp_path)
+    made = graph.stat().st_mtime_ns
+    assert cached_graph(DEMO, meta, detector, tmp_path) == graph and graph.stat().st_mtime_ns == made   # reused
+    graph.write_bytes(graph.read_bytes()[:1000])                      # cut short
+    cached_graph(DEMO, meta, detector, tmp_path)
+    model, _ = load_onnx(graph)                                       # made again, whole
+    assert model.fully_convolutional
+
+
+def test_export_to_a_folder_asks_for_a_file_name(tmp_path, capsys):
+    assert main(["export", "--model", str(DEMO), str(tmp_path)]) == EXIT_BAD_INPUT
+    assert "is a folder" in capsys.readouterr().err and list(tmp_path.iterdir()) == []

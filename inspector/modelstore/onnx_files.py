@@ -114,6 +114,8 @@ def export_onnx(model: Path, out: Path) -> Path:
     A model file that does not load (missing, damaged, tampered) is a ``ModelFileError``, and
     nothing is written; so is a method the exporter cannot trace.
     """
+    if out.is_dir():
+        raise OnnxFileError(f"{out} is a folder: give the ONNX file's name, e.g. {out / 'model.onnx'}")
     out = out if out.suffix == SUFFIX else out.with_name(out.name + SUFFIX)
     detector, meta = load_model(model, device="cpu")
     try:
@@ -157,11 +159,26 @@ def load_onnx(path: Path, *, threads: int | None = None) -> tuple[OnnxDetector, 
         raise OnnxFileError(str(exc)) from exc
 
 
+def _intact(graph: Path) -> bool:
+    """The graph and its description are there and agree (a cache entry a crash or a hand left damaged
+    is made again)."""
+    try:
+        info = json.loads(description_path(graph).read_text(encoding="utf-8"))
+        return isinstance(info, dict) and info.get("graph_sha256") == file_sha256(graph)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
 def cached_graph(model: Path, meta: dict[str, Any], detector, cache: Path) -> Path:
-    """The export of this model in ``cache``, made now if it is not there yet."""
+    """The export of this model in ``cache``, made now if it is not there yet (or is damaged).
+
+    Keyed by the weights' checksum and the program's and PyTorch's versions: the same weights
+    exported by another version of either may trace to another graph.  The folder can be deleted
+    at any time.
+    """
     key = f"{meta.get('weights_sha256', 'unchecked')[:24]}-{__version__}-torch{torch.__version__}"
     graph = cache / f"{key}{SUFFIX}"
-    if not graph.is_file() or not description_path(graph).is_file():
+    if not _intact(graph):
         log.info("exporting %s to ONNX for the onnx engine (once): %s", model, graph)
         try:
             _graph_and_description(detector, meta, graph)
