@@ -1,9 +1,11 @@
-"""EDE's score in latent space (the paper) against image space, on a validation split cut from train/.
+"""EDE's score in latent space (the paper) against image space, and its weight w1, on a validation
+split cut from train/.
 
-    python benchmarks/ede_score_space.py SET [SEED]
+    python benchmarks/ede_score_space.py SET [SEED ...]
 
-Trains EDE once (its defaults, test/ never read), then scores the validation images both ways with
-the same network and prints each image AUROC.
+Trains EDE once a seed (its defaults, test/ never read), then scores the validation images with the
+same network both ways and with w1 = 0, 0.5 and 1 (the paper's operator knob: w1 weighs
+||z - z2||^2, 1 - w1 ||z - z1'||^2), and prints each image AUROC.
 """
 
 import sys
@@ -17,14 +19,15 @@ from inspector.app.jobs import TrainOptions, evaluate, train_model  # noqa: E402
 
 def main() -> None:
     name = sys.argv[1]
-    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    trained = train_model(TrainOptions(data=REPO.parent / "shared" / "data" / name, method="ede", seed=seed,
-                                       protocol="validation"))
-    for space in ("latent", "image"):
-        trained.detector.score_space = space
-        metrics = evaluate(trained.inspector(), trained.split.evaluation)
-        print(f"{name} seed={seed} score_space={space} image_auroc={metrics['image_auroc']:.4f} "
-              f"pixel_auroc={metrics['pixel_auroc']}", flush=True)
+    for seed in [int(s) for s in sys.argv[2:]] or [0]:
+        trained = train_model(TrainOptions(data=REPO.parent / "shared" / "data" / name, method="ede", seed=seed,
+                                           protocol="validation"))
+        for space in ("latent", "image"):
+            for w1 in (0.0, 0.5, 1.0):
+                trained.detector.score_space, trained.detector.score_w1 = space, w1
+                metrics = evaluate(trained.inspector(), trained.split.evaluation)
+                print(f"{name} seed={seed} score_space={space} w1={w1} image_auroc={metrics['image_auroc']:.4f} "
+                      f"pixel_auroc={metrics['pixel_auroc']}", flush=True)
 
 
 if __name__ == "__main__":

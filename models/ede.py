@@ -14,10 +14,14 @@ The adversarial terms of the shared encoders then cancel, and the game is played
 (USAD's code) hands the shared encoders two opposite-signed adversarial updates in turn; measured
 on brickwork, that ranked defects in reverse (image AUROC 0.37).
 
-Score = w1 ||z - z2||^2 + w2 ||z - z1'||^2 with w2 = 1 - w1; ``score_w1`` may be changed after
-loading (the operator's sensitivity knob).  ``score_space="image"`` takes the same weighted sum of
-the image errors, w1 ||x - x2||^2 + w2 ||x - x1'||^2, instead of the latent ones.  The difference
-map combines |x - x2| and |x - x1'| with the same weights, averaged over channels.  The paper gives
+The paper's score is A(x) = w1 ||z - z2||^2 + w2 ||z - z1'||^2 with w2 = 1 - w1 (``score_space=
+"latent"``); ``score_w1`` may be changed after loading (the operator's sensitivity knob).
+``score_space="image"`` takes the same weighted sum of the image errors, w1 ||x - x2||^2 + w2
+||x - x1'||^2.  The default is the image space with w1 = 1 — EDE2's reconstruction error, what the
+paper's difference map |x - x2| shows: chosen on brickwork's validation split
+(``benchmarks/ede_score_space.py``, seed 0: 0.841, against 0.661 for the paper's latent score at
+w1 = 0.5 and 0.401–0.658 for the other four).  The difference map combines |x - x2| and |x - x1'|
+with the score's weights, averaged over channels.  The paper gives
 no values for the loss weights alpha (image) and beta (latent); both are 1 here.
 
 Ablation switches (the paper's Table 5): ``paths=1`` trains EDE1 alone on reconstruction
@@ -79,8 +83,8 @@ class EDE(Detector):
     defaults = TrainingDefaults(epochs=20, steps_per_epoch=50, batch_size=64, size=32)
 
     def __init__(self, *, size: int = 32, channels: int = 3, latent: int = 100, base_width: int = 32,
-                 lr: float = 1e-3, alpha: float = 1.0, beta: float = 1.0, score_w1: float = 0.5, paths: int = 2,
-                 adversarial: bool = True, score_space: str = "latent") -> None:
+                 lr: float = 1e-3, alpha: float = 1.0, beta: float = 1.0, score_w1: float = 1.0, paths: int = 2,
+                 adversarial: bool = True, score_space: str = "image") -> None:
         super().__init__(size=size, channels=channels)
         if paths not in (1, 2):
             raise ValueError(f"paths must be 1 or 2, got {paths}")

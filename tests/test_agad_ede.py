@@ -189,6 +189,10 @@ def test_ede_score_weight_is_a_knob_at_scoring_time():
     x = torch.rand(4, 1, 16, 16) * 2 - 1
     with torch.no_grad():
         p = det.eval().passes(x)
+    # the default: EDE2's image error, as its difference map shows it
+    assert torch.allclose(det.infer(x).scores, (x - p.x2).pow(2).flatten(1).mean(1), atol=1e-6)
+    assert torch.allclose(det.infer(x).maps, (x - p.x2).abs(), atol=1e-6)
+    det.score_space = "latent"                       # the paper's A(x), weighed by the knob
     det.score_w1 = 1.0
     assert torch.allclose(det.infer(x).scores, (p.z - p.z2).pow(2).flatten(1).mean(1), atol=1e-6)
     det.score_w1 = 0.0
