@@ -103,7 +103,10 @@ def export_graph(detector: Detector, path: Path) -> GraphSpec:
     """
     if detector.device.type != "cpu":
         raise OnnxEngineError("a model is exported from the CPU: load it with device cpu")
-    spec = GraphSpec.of(detector)
+    try:
+        spec = GraphSpec.of(detector)
+    except RuntimeError as exc:     # a detector that cannot score yet (an empty memory bank)
+        raise OnnxEngineError(f"the {detector.method!r} model cannot be exported: {exc}") from exc
     side = detector.size or 8 * detector.side_multiple
     example = torch.zeros(2, detector.channels, side, side)
     dynamic = {INPUT: {0: "batch"}} | {name: {0: "batch"} for name in spec.outputs}
