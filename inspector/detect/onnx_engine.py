@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from models import Detector, Inference
+from models.features import map_max
 
 from ..base.errors import InspectorError
 from .scoring import evaluating
@@ -180,6 +181,6 @@ class OnnxDetector(nn.Module):
         feed = {INPUT: np.ascontiguousarray(x.detach().float().cpu().numpy())}
         out = dict(zip(self.spec.outputs, self.session.run(None, feed), strict=True))
         maps = torch.from_numpy(out["maps"]) if "maps" in out else None
-        scores = torch.from_numpy(out["scores"]) if "scores" in out else maps.flatten(1).amax(dim=1)
+        scores = torch.from_numpy(out["scores"]) if "scores" in out else map_max(maps)
         embeddings = torch.from_numpy(out["embeddings"]) if "embeddings" in out else None
         return Inference(scores=scores, maps=maps, embeddings=embeddings)

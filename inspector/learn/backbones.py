@@ -15,7 +15,6 @@ stages), so a model never depends on this file again.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import torch
 
 from models.backbone import BACKBONES, Backbone, BackboneError, build_backbone
 
+from ..base.checksum import file_sha256
 from ..base.errors import InspectorError
 
 SHIPPED = "efficientnet_lite0"
@@ -49,14 +49,6 @@ def shipped_weights_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a weights file, checked: readable without running code, the SHA-256 its name
     promises, finite values."""
@@ -64,7 +56,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise BackboneWeightsError(f"{path}: no such backbone weights file")
     named = _HASH_IN_NAME.search(path.name)
-    if named and not _sha256(path).startswith(named.group(1)):
+    if named and not file_sha256(path).startswith(named.group(1)):
         raise BackboneWeightsError(f"{path}: its contents do not match the checksum in its name "
                                    f"({named.group(1)}): the file is damaged or was changed")
     try:

@@ -22,7 +22,6 @@ folder, so that ``--engine auto`` runs a model file on ONNX Runtime without an e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from .. import __version__
 from ..base.atomic import atomic_path
+from ..base.checksum import file_sha256
 from ..base.errors import InspectorError
 from ..detect.onnx_engine import INPUT, GraphSpec, OnnxDetector, OnnxEngineError, export_graph
 from ..detect.tensors import VALUE_RANGE
@@ -50,14 +50,6 @@ class OnnxFileError(InspectorError):
 
 def description_path(graph: Path) -> Path:
     return graph.with_suffix(".json")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe(spec: GraphSpec, meta: dict[str, Any], graph_sha256: str) -> dict[str, Any]:
