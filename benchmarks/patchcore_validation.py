@@ -1,12 +1,15 @@
 """Choosing the memory bank's settings on a validation split cut from train/ (test/ is never read).
 
-    python benchmarks/patchcore_validation.py SET SCALE [STAGES]      e.g. magnetic_tile 0.5 3,6
+    python benchmarks/patchcore_validation.py SET [--scales 1.0,0.5] [--stages 3,6 2,4 ...]
+        [--banks 2048,8192] [--pool N] [--balance]
 
-Fits a bank on up to 300 of the split's training goods (features computed once), then prints the
-validation image AUROC for each bank size and map smoothing.  Seed 0, one split: indicative (one
-seed moves by about 0.02 here); ``bench --seeds`` measures the settings chosen.
+For each scale and stage set, fits banks on up to 300 of the split's training goods (features
+computed once), then prints the validation image AUROC for each bank size and map smoothing, and
+the pixel AUROC where the set has masks.  Seed 0, one split: indicative (one seed moves by about
+0.02 here); ``bench --seeds`` measures the settings chosen.
 """
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,46 +27,63 @@ from inspector.learn.backbones import pretrained_backbone  # noqa: E402
 from inspector.learn.datasets import detect_channels, discover, load_images  # noqa: E402
 from inspector.learn.metrics import auroc  # noqa: E402
 from inspector.learn.splits import make_split  # noqa: E402
-from models.patchcore import greedy_coreset, nearest_distance  # noqa: E402
+from models.patchcore import greedy_coreset, nearest_distance, stage_weights  # noqa: E402
 
-POOL = 50_000
-BANKS = (1000, 2048)
-SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
+SIGMAS = (0.0, 1.0, 2.0, 4.0)
+
+
+def _numbers(text: str, kind=float) -> tuple:
+    return tuple(kind(v) for v in text.split(","))
 
 
 def main() -> None:
-    name, scale = sys.argv[1], float(sys.argv[2])
-    stages = tuple(int(s) for s in sys.argv[3].split(",")) if len(sys.argv) > 3 else (3, 6)
-    dataset = discover(REPO.parent / "shared" / "data" / name)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("set")
+    parser.add_argument("--scales", type=_numbers, default=(1.0,))
+    parser.add_argument("--stages", nargs="+", type=lambda t: _numbers(t, int), default=[(3, 6)])
+    parser.add_argument("--banks", type=lambda t: _numbers(t, int), default=(2048,))
+    parser.add_argument("--pool", type=int, default=50_000, help="patches sampled before the coreset")
+    parser.add_argument("--balance", action="store_true",
+                        help="scale each stage's channels to the same RMS norm over the training patches")
+    args = parser.parse_args()
+    dataset = discover(REPO.parent / "shared" / "data" / args.set)
     split = make_split(dataset, anomaly_fraction=0.0, rng=np.random.default_rng(0), protocol="validation",
                        learns_from_defects=False)
     channels = detect_channels(dataset.train_good)
-    detector = models.create("patchcore", channels=channels, stages=stages)
-    features = detector.patch_features
-    features.backbone.load_weights(pretrained_backbone(features.backbone.name, stages).state_dict())
-    features.align()
-    t0 = time.perf_counter()
-    train = whole_images(detector, detector.features,
-                         load_images(split.train_good[:300], scale=scale, channels=channels).images)
-    seconds = time.perf_counter() - t0
-    held = whole_images(detector, detector.features,
-                        load_images([item.path for item in split.evaluation], scale=scale, channels=channels).images)
     is_defect = np.array([item.is_defect for item in split.evaluation])
-    patches = torch.cat([f.flatten(1).T for f in train])
-    print(f"{name} scale={scale} stages={stages}: {len(train)} training goods, {len(patches)} patches, "
-          f"features {seconds:.1f} s; validation {len(held)} images, {int(is_defect.sum())} defective", flush=True)
-    g = torch.Generator().manual_seed(0)
-    pool = patches[torch.randperm(len(patches), generator=g)[:POOL]]
-    for size in BANKS:
-        t0 = time.perf_counter()
-        bank = pool[greedy_coreset(pool, size, generator=g)]
-        coreset_s = time.perf_counter() - t0
-        maps = [nearest_distance(f.flatten(1).T, bank).view(f.shape[1:]).numpy() for f in held]
-        for sigma in SIGMAS:
-            scores = [(cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) if sigma else m).max()
-                      for m in maps]
-            print(f"  bank={size} coreset_s={coreset_s:.1f} smoothing={sigma} "
-                  f"image_auroc={auroc(is_defect, np.array(scores)):.4f}", flush=True)
+    for scale in args.scales:
+        train_images = load_images(split.train_good[:300], scale=scale, channels=channels).images
+        held_images = load_images([item.path for item in split.evaluation], scale=scale, channels=channels).images
+        for stages in args.stages:
+            detector = models.create("patchcore", channels=channels, stages=stages)
+            features = detector.patch_features
+            features.backbone.load_weights(pretrained_backbone(features.backbone.name, stages).state_dict())
+            features.align()
+            t0 = time.perf_counter()
+            train = whole_images(detector, detector.features, train_images)
+            seconds = time.perf_counter() - t0
+            held = whole_images(detector, detector.features, held_images)
+            patches = torch.cat([f.flatten(1).T for f in train])
+            if args.balance:
+                weights = stage_weights(patches, features.backbone.out_channels)
+                patches = patches * weights
+                held = [f * weights.view(-1, 1, 1) for f in held]
+            print(f"{args.set} scale={scale} stages={stages} balance={args.balance}: "
+                  f"{len(train)} training goods, {len(patches)} patches, "
+                  f"features {seconds:.1f} s; validation {len(held)} images, {int(is_defect.sum())} defective",
+                  flush=True)
+            g = torch.Generator().manual_seed(0)
+            pool = patches[torch.randperm(len(patches), generator=g)[:args.pool]]
+            for size in args.banks:
+                t0 = time.perf_counter()
+                bank = pool[greedy_coreset(pool, size, generator=g)]
+                coreset_s = time.perf_counter() - t0
+                maps = [nearest_distance(f.flatten(1).T, bank).view(f.shape[1:]).numpy() for f in held]
+                for sigma in SIGMAS:
+                    scores = [(cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) if sigma else m).max()
+                              for m in maps]
+                    print(f"  bank={size} coreset_s={coreset_s:.1f} smoothing={sigma} "
+                          f"image_auroc={auroc(is_defect, np.array(scores)):.4f}", flush=True)
 
 
 if __name__ == "__main__":

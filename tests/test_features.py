@@ -19,7 +19,7 @@ from inspector.learn.splits import make_split
 from inspector.modelstore.modelfile import load_model, save_model
 from models import patchcore
 from models.backbone import build_backbone
-from models.patchcore import greedy_coreset, nearest_distance
+from models.patchcore import greedy_coreset, nearest_distance, sample_patches, stage_weights
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,30 @@ def test_nearest_distance_matches_brute_force_across_query_chunks(monkeypatch):
     queries, bank = torch.randn(30, 5, generator=g), torch.randn(11, 5, generator=g)
     want = torch.cdist(queries, bank).amin(dim=1)
     assert torch.allclose(nearest_distance(queries, bank), want, atol=1e-4)
+
+
+def test_patches_are_sampled_uniformly_from_every_image_without_gathering_them_all():
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.arange(i * 1000, i * 1000 + 3 * h * w, dtype=torch.float32).view(3, h, w)
+            for i, (h, w) in enumerate(((4, 5), (6, 2), (1, 9)))]
+    every = torch.cat([m.flatten(1).T for m in maps])
+    assert torch.equal(sample_patches(maps, 100, generator=g), every)          # fewer than asked: all
+    some = sample_patches(maps, 20, generator=g)
+    assert some.shape == (20, 3)
+    rows = {tuple(r) for r in every.tolist()}
+    assert all(tuple(r) in rows for r in some.tolist())                        # real patches, each once
+    assert len({tuple(r) for r in some.tolist()}) == 20
+    picks = torch.cat([sample_patches(maps, 10, generator=g)[:, 0] for _ in range(300)])
+    share = [((picks >= i * 1000) & (picks < i * 1000 + 100)).float().mean().item() for i in range(3)]
+    assert share == pytest.approx([20 / 41, 12 / 41, 9 / 41], abs=0.03)       # in proportion to size
+
+
+def test_stage_weights_give_every_stage_the_same_rms_norm():
+    g = torch.Generator().manual_seed(0)
+    patches = torch.cat([0.1 * torch.randn(500, 4, generator=g), 30 * torch.randn(500, 12, generator=g)], dim=1)
+    weighted = patches * stage_weights(patches, (4, 12))
+    for block in (weighted[:, :4], weighted[:, 4:]):
+        assert block.pow(2).sum(1).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
 
 
 # -- a memory bank trained on generated parts, inspected whole ------------------------------------------
@@ -166,6 +190,29 @@ def test_a_bank_model_file_round_trips_with_its_bank_and_backbone(bank_model, tm
     x = torch.rand(1, 3, 64, 96) * 2 - 1
     assert torch.allclose(loaded.infer(x).maps, bank_model.detector.infer(x).maps)
     assert meta["inspection"] == bank_model.metadata["inspection"]
+
+
+def test_a_balanced_bank_weighs_its_stages_alike_and_keeps_the_weights_in_its_file(parts, tmp_path):
+    balanced = train_model(TrainOptions(data=parts, method="default", device="cpu", smoothing=1.0,
+                                        hparams={"balance_stages": True}))
+    detector = balanced.detector
+    channels = detector.patch_features.backbone.out_channels
+    weights = detector.channel_weights
+    assert len(set(weights[:channels[0]].tolist())) == 1 and len(set(weights[channels[0]:].tolist())) == 1
+    assert weights[0] != weights[-1]
+    loaded, _ = load_model(save_model(tmp_path / "bal.safetensors", detector, balanced.metadata))
+    assert torch.equal(loaded.channel_weights, weights)
+    x = torch.rand(1, 3, 64, 96) * 2 - 1
+    assert torch.allclose(loaded.infer(x).maps, detector.infer(x).maps)
+
+
+def test_a_bank_file_from_before_stage_weights_loads_unweighted():
+    from inspector.base.paths import resource
+
+    demo = resource("demo-patchcore.safetensors")          # written before the bank had stage weights
+    loaded, meta = load_model(demo)
+    assert "balance_stages" not in meta["hparams"] and not loaded.balance_stages
+    assert torch.equal(loaded.channel_weights, torch.ones(loaded.feature_dim))
 
 
 def test_a_tile_size_set_for_tile_models_does_not_stop_a_whole_region_model_loading(bank_model, tmp_path):
