@@ -15,6 +15,21 @@ def spread(r, key):
     return fmt(r[key]) if sd is None or r[key] is None else f"{r[key]:.3f} ± {sd:.3f}"
 
 
+def _settings(r) -> str:
+    """The settings a run chose away from the method's defaults, for its label."""
+    hp, notes = r.get("hparams") or {}, []
+    if r.get("scale", 1.0) != 1.0:
+        notes.append(f"scale {r['scale']:g}")
+    if r["method"] in ("default", "patchcore"):
+        if hp.get("stages", [3, 6]) != [3, 6]:
+            notes.append("stages " + " + ".join(map(str, hp["stages"])))
+        if hp.get("balance_stages"):
+            notes.append("stages balanced")
+        if r.get("smoothing") not in (None, 4.0):
+            notes.append(f"smoothing {r['smoothing']:g}")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def main(paths: list[str]) -> None:
     rows = [json.loads(Path(p).read_text()) for p in paths]
     rows.sort(key=lambda r: (Path(r["data"]).name, r["method"], r["anomaly_fraction"]))
@@ -24,8 +39,7 @@ def main(paths: list[str]) -> None:
     for r in rows:
         seeds = ",".join(map(str, r.get("seeds", [r.get("seed", 0)])))
         method = r["method"].replace("default", "patchcore")           # bench records what was asked for
-        if r.get("scale", 1.0) != 1.0:
-            method += f" (scale {r['scale']:g})"
+        method += _settings(r)
         print(f"| {Path(r['data']).name} | {method} | {r['anomaly_fraction']:g} | {seeds} "
               f"| {r['n_train_good']} / {r['n_train_defect']} | {spread(r, 'image_auroc')} "
               f"| {spread(r, 'pixel_auroc')} "

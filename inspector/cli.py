@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also take the items labelled OK / NG in batch and live review")
     p.add_argument("--method", default="patchcore", help="patchcore (default), eidn or ae")
     p.add_argument("--preset", default="balanced", help="fast, balanced (default) or accurate")
+    p.add_argument("--surface", default="parts",
+                   help="for the memory bank: parts (default; castings, tiles, components) or texture "
+                        "(a fine repeating texture with thin defects: brick, fabric, wood grain)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (default: CUDA GPU if present), cpu, cuda, cuda:N")
     p.add_argument("--name", help="the version's name in the registry")
@@ -414,7 +417,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     registry = Registry()
     try:
         result = retrain(samples, method=args.method, preset=args.preset, seed=args.seed, device=args.device,
-                         progress=ProgressBar())
+                         surface=args.surface, progress=ProgressBar())
     except RetrainError as exc:
         raise InputError(str(exc)) from None
     mine = result.validation.figures()

@@ -1,6 +1,7 @@
 """The retraining service under the wizard: sharing samples out, training, validating, registering."""
 
 import pytest
+import torch
 
 from inspector.app.retrain import MIN_GOODS, RetrainError, Samples, compare_active, plan, register, retrain
 from inspector.faults import make_model
@@ -48,6 +49,18 @@ def test_retrain_validates_and_registers_only_when_asked(tiny_mvtec, tmp_path):
     assert registry.active().id == version.id and version.name == "from the wizard"
     assert version.threshold == 1e9 and version.validation["false_alarm_rate"] == 0.0
     assert version.validation["recall"] == 0.0 and version.made_from == "retraining wizard"
+
+
+def test_a_texture_surface_weighs_the_stages_alike_and_leaves_the_map_unsmoothed(tiny_mvtec):
+    result = retrain(samples_of(tiny_mvtec), method="patchcore", preset="fast", device="cpu", surface="texture")
+    meta, detector = result.trained.metadata, result.trained.detector
+    assert meta["hparams"]["balance_stages"] and detector.balance_stages
+    assert meta["inspection"]["smoothing"] == 0.0 and meta["training"]["surface"] == "texture"
+    assert not torch.equal(detector.channel_weights, torch.ones_like(detector.channel_weights))
+    with pytest.raises(RetrainError, match="unknown surface"):
+        retrain(samples_of(tiny_mvtec), surface="glass", device="cpu")
+    with pytest.raises(RetrainError, match="for the memory bank"):
+        retrain(samples_of(tiny_mvtec), method="eidn", surface="texture", device="cpu")
 
 
 def test_a_cancelled_retraining_writes_nothing(tiny_mvtec, tmp_path):

@@ -342,7 +342,9 @@ def test_the_retraining_wizard_goes_from_samples_to_an_activated_model(qtbot, wi
     assert page.isComplete()
     wizard.next()
     assert wizard.method_page.method.currentData() == "eidn"       # defects given: the method that uses them
+    assert not wizard.method_page.surface.isEnabled()              # the surface is the memory bank's setting
     wizard.method_page.method.setCurrentIndex(wizard.method_page.method.findData("patchcore"))
+    assert wizard.method_page.surface.isEnabled() and wizard.method_page.chosen_surface() == "parts"
     qtbot.waitUntil(lambda: "min on this machine" in wizard.method_page.estimate.text(), timeout=60_000)
     wizard.next()
     qtbot.waitUntil(wizard.train_page.isComplete, timeout=120_000)

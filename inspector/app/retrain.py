@@ -59,6 +59,26 @@ PRESETS = {
     "balanced": Preset("balanced", 1.0, 0.5, "native resolution, half the training steps"),
     "accurate": Preset("accurate", 1.0, 1.0, "native resolution, the method's full schedule"),
 }
+
+
+@dataclass(frozen=True)
+class Surface:
+    """What the memory bank is told about the part's surface: settings chosen on validation splits
+    cut from ``train/`` (README, "The default detector"), which no one setting suits."""
+
+    name: str
+    description: str
+    hparams: dict
+    smoothing: float | None          # None: the method's own
+
+
+SURFACES = {
+    "parts": Surface("parts", "parts and shapes: castings, tiles, components (the default)", {}, None),
+    "texture": Surface("texture", "a fine repeating texture with thin defects: brick, fabric, wood grain",
+                       {"balance_stages": True}, 0.0),
+}
+#: The methods a surface setting applies to.
+SURFACE_METHODS = ("patchcore",)
 #: Methods an operator chooses from, with what they need.
 METHODS = {
     "patchcore": "memory bank of good patches (no defects needed; the default)",
@@ -188,11 +208,17 @@ class RetrainResult:
 
 
 def retrain(samples: Samples, *, method: str = "patchcore", preset: str = "balanced", seed: int = 0,
-            device: str = "auto", progress: ProgressCallback | None = None,
+            device: str = "auto", surface: str = "parts", progress: ProgressCallback | None = None,
             should_cancel: Callable[[], bool] | None = None) -> RetrainResult:
-    """Train on the samples with a preset and validate on the held-out ones; nothing is written."""
+    """Train on the samples with a preset (and, for the memory bank, a surface) and validate on the
+    held-out ones; nothing is written."""
     if preset not in PRESETS:
         raise RetrainError(f"unknown preset {preset!r}: {', '.join(PRESETS)}")
+    if surface not in SURFACES:
+        raise RetrainError(f"unknown surface {surface!r}: {', '.join(SURFACES)}")
+    if surface != "parts" and method not in SURFACE_METHODS:
+        raise RetrainError(f"the surface setting is for the memory bank ({', '.join(SURFACE_METHODS)}), "
+                           f"not {method!r}")
     p = PRESETS[preset]
     shares = plan(samples, seed)
     t0 = time.perf_counter()
@@ -214,6 +240,7 @@ def retrain(samples: Samples, *, method: str = "patchcore", preset: str = "balan
         opts.epochs = max(1, round(cls.defaults.epochs * p.epochs_share))
     if cls.defaults.size is None and not cls.gradient_free:
         opts.epochs = max(1, round(cls.defaults.epochs * p.epochs_share))
+    opts.hparams, opts.smoothing = dict(SURFACES[surface].hparams), SURFACES[surface].smoothing
     try:
         trained = train_model(opts, dataset=shares.dataset, progress=report, should_cancel=should_cancel)
         validation = validate(trained.inspector(), shares.held_goods, shares.held_defects, progress=report)
@@ -221,6 +248,8 @@ def retrain(samples: Samples, *, method: str = "patchcore", preset: str = "balan
         raise RetrainError(str(exc)) from exc
     trained.metadata["metrics"] = validation.figures()
     trained.metadata["training"]["preset"] = preset
+    if method in SURFACE_METHODS:
+        trained.metadata["training"]["surface"] = surface
     return RetrainResult(trained, shares, validation, time.perf_counter() - t0)
 
 

@@ -41,6 +41,8 @@ from ..app.retrain import (
     METHODS,
     MIN_GOODS,
     PRESETS,
+    SURFACE_METHODS,
+    SURFACES,
     RetrainResult,
     Samples,
     Validation,
@@ -68,10 +70,10 @@ class RetrainWorker(QObject):
     cancelled = Signal()
 
     def __init__(self, samples: Samples, method: str, preset: str, seed: int, registry: Registry,
-                 current_model: Path | None = None) -> None:
+                 current_model: Path | None = None, surface: str = "parts") -> None:
         super().__init__()
         self.samples, self.method, self.preset, self.seed, self.registry = samples, method, preset, seed, registry
-        self.current_model = current_model
+        self.current_model, self.surface = current_model, surface
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -81,7 +83,7 @@ class RetrainWorker(QObject):
     def run(self) -> None:
         try:
             result = retrain(self.samples, method=self.method, preset=self.preset, seed=self.seed,
-                             progress=self.progress.emit, should_cancel=self._cancel.is_set)
+                             surface=self.surface, progress=self.progress.emit, should_cancel=self._cancel.is_set)
             self.finished.emit(result, compare_active(result, self.registry, fallback=self.current_model))
         except TrainingCancelled:
             self.cancelled.emit()
@@ -216,6 +218,11 @@ class MethodPage(QWizardPage):
         for name, preset in PRESETS.items():
             self.preset.addItem(f"{name} — {preset.description}", name)
         self.preset.setCurrentIndex(0)
+        self.surface = QComboBox()
+        for name, surface in SURFACES.items():
+            self.surface.addItem(f"{name} — {surface.description}", name)
+        self.surface.setToolTip("For the memory bank: a fine repeating texture weighs the backbone's fine "
+                                "stage as much as its deep one and does not smooth the map")
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
         advanced = QGroupBox("Advanced")
@@ -230,15 +237,28 @@ class MethodPage(QWizardPage):
         form = QFormLayout(self)
         form.addRow("Method", self.method)
         form.addRow("Preset", self.preset)
+        form.addRow("Surface", self.surface)
         form.addRow("", self.estimate)
         form.addRow(advanced)
         self._asked: tuple[str, str] | None = None
         self.method.currentIndexChanged.connect(self._estimate)
+        self.method.currentIndexChanged.connect(self._surface_applies)
         self.preset.currentIndexChanged.connect(self._estimate)
+
+    def _surface_applies(self) -> None:
+        """The surface is the memory bank's setting: other methods train as they always do."""
+        applies = self.method.currentData() in SURFACE_METHODS
+        self.surface.setEnabled(applies)
+        if not applies:
+            self.surface.setCurrentIndex(self.surface.findData("parts"))
+
+    def chosen_surface(self) -> str:
+        return self.surface.currentData() if self.surface.isEnabled() else "parts"
 
     def initializePage(self) -> None:  # noqa: N802
         samples = self.w.samples_page.samples()
         self.method.setCurrentIndex(self.method.findData("eidn" if samples.defects else "patchcore"))
+        self._surface_applies()
         self._estimate()
 
     def _estimate(self) -> None:
@@ -295,7 +315,7 @@ class TrainPage(QWizardPage):
         self.loss_plot.setTitle("No loss to plot: the memory bank is fitted in one pass"
                                 if fitted_in_one_pass(method) else "Training loss")
         self.worker = RetrainWorker(w.samples_page.samples(), method, preset, w.method_page.seed.value(), w.registry,
-                                    w.current_model)
+                                    w.current_model, w.method_page.chosen_surface())
         self.worker.progress.connect(self._progress)
         self.worker.finished.connect(self._finished)
         self.worker.failed.connect(self._failed)
