@@ -74,6 +74,16 @@ def test_both_engines_give_the_same_verdicts_on_real_images(shared_data):
         assert a.verdict == b.verdict
 
 
+def test_two_models_exported_at_once_from_two_threads_both_export(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    detectors = [_built("patchcore", 3), _built("ae", 3)]        # the live view's and batch review's
+    with ThreadPoolExecutor(2) as pool:
+        specs = list(pool.map(lambda i: export_graph(detectors[i], tmp_path / f"{i}.onnx"), range(2)))
+    assert [s.method for s in specs] == ["patchcore", "ae"]
+    assert all((tmp_path / f"{i}.onnx").stat().st_size > 0 for i in range(2))
+
+
 def test_export_writes_the_graph_and_its_description(tmp_path):
     out = tmp_path / "exports" / "line3"
     assert main(["export", "--model", str(DEMO), str(out)]) == EXIT_OK

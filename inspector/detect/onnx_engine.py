@@ -21,6 +21,7 @@ the default detector, so it is the CPU default (``--engine auto``).
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -95,6 +96,12 @@ class _Graph(nn.Module):
         return tuple(named[name].float() for name in self.spec.outputs)
 
 
+#: PyTorch's exporter keeps process-wide state (``torch.onnx.is_in_onnx_export``) and refuses a second
+#: export while one runs: the window can load two models at once (the live view's and batch
+#: review's), so exports take turns.
+_EXPORTING = threading.Lock()
+
+
 def export_graph(detector: Detector, path: Path) -> GraphSpec:
     """Write the detector (it must be on the CPU) as an ONNX graph at ``path``; its spec.
 
@@ -115,7 +122,7 @@ def export_graph(detector: Detector, path: Path) -> GraphSpec:
         dynamic[INPUT] |= {2: "height", 3: "width"}
         for name in spec.outputs:
             dynamic[name] |= {2: "rows", 3: "columns"}
-    with evaluating(detector), torch.no_grad(), warnings.catch_warnings():
+    with _EXPORTING, evaluating(detector), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")     # the tracer's notes on shapes it records as constants
         try:
             torch.onnx.export(_Graph(detector, spec), (example,), str(path), input_names=[INPUT],
