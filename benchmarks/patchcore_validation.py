@@ -29,7 +29,7 @@ from inspector.learn.metrics import auroc  # noqa: E402
 from inspector.learn.splits import make_split  # noqa: E402
 from models.patchcore import greedy_coreset, nearest_distance, stage_weights  # noqa: E402
 
-SIGMAS = (0.0, 1.0, 2.0, 4.0)
+SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
 def _numbers(text: str, kind=float) -> tuple:
