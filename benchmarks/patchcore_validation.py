@@ -4,8 +4,8 @@
         [--banks 2048,8192] [--pool N] [--balance]
 
 For each scale and stage set, fits banks on up to 300 of the split's training goods (features
-computed once), then prints the validation image AUROC for each bank size and map smoothing, and
-the pixel AUROC where the set has masks.  Seed 0, one split: indicative (one seed moves by about
+computed once) with the model's own fit, then prints the validation image AUROC for each bank size
+and map smoothing.  Seed 0, one split: indicative (one seed moves by about
 0.02 here); ``bench --seeds`` measures the settings chosen.
 """
 
@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -22,12 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import models  # noqa: E402
+from inspector.detect.pipeline import smooth_map  # noqa: E402
 from inspector.detect.scoring import whole_images  # noqa: E402
 from inspector.learn.backbones import pretrained_backbone  # noqa: E402
 from inspector.learn.datasets import detect_channels, discover, load_images  # noqa: E402
 from inspector.learn.metrics import auroc  # noqa: E402
 from inspector.learn.splits import make_split  # noqa: E402
-from models.patchcore import greedy_coreset, nearest_distance, stage_weights  # noqa: E402
 
 SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
 
@@ -63,27 +62,22 @@ def main() -> None:
             train = whole_images(detector, detector.features, train_images)
             seconds = time.perf_counter() - t0
             held = whole_images(detector, detector.features, held_images)
-            patches = torch.cat([f.flatten(1).T for f in train])
-            if args.balance:
-                weights = stage_weights(patches, features.backbone.out_channels)
-                patches = patches * weights
-                held = [f * weights.view(-1, 1, 1) for f in held]
             print(f"{args.set} scale={scale} stages={stages} balance={args.balance}: "
-                  f"{len(train)} training goods, {len(patches)} patches, "
+                  f"{len(train)} training goods, {sum(f[0].numel() for f in train)} patches, "
                   f"features {seconds:.1f} s; validation {len(held)} images, {int(is_defect.sum())} defective",
                   flush=True)
-            g = torch.Generator().manual_seed(0)
-            pool = patches[torch.randperm(len(patches), generator=g)[:args.pool]]
+            # The model's own fit (sampling, stage weights, coreset), a bank size at a time.
+            detector.max_patches, detector.balance_stages, detector.coreset_ratio = args.pool, args.balance, 1.0
             for size in args.banks:
+                detector.max_bank = size
                 t0 = time.perf_counter()
-                bank = pool[greedy_coreset(pool, size, generator=g)]
-                coreset_s = time.perf_counter() - t0
-                maps = [nearest_distance(f.flatten(1).T, bank).view(f.shape[1:]).numpy() for f in held]
+                detector.fit_features(train, generator=torch.Generator().manual_seed(0))
+                fit_s = time.perf_counter() - t0
+                maps = [detector.score_features(f[None]).maps[0, 0].numpy() for f in held]
                 for sigma in SIGMAS:
-                    scores = [(cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) if sigma else m).max()
-                              for m in maps]
-                    print(f"  bank={size} coreset_s={coreset_s:.1f} smoothing={sigma} "
-                          f"image_auroc={auroc(is_defect, np.array(scores)):.4f}", flush=True)
+                    scores = np.array([smooth_map(m, sigma).max() for m in maps])
+                    print(f"  bank={size} fit_s={fit_s:.1f} smoothing={sigma} "
+                          f"image_auroc={auroc(is_defect, scores):.4f}", flush=True)
 
 
 if __name__ == "__main__":

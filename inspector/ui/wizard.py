@@ -253,7 +253,7 @@ class MethodPage(QWizardPage):
             self.surface.setCurrentIndex(self.surface.findData("parts"))
 
     def chosen_surface(self) -> str:
-        return self.surface.currentData() if self.surface.isEnabled() else "parts"
+        return self.surface.currentData()       # "parts" whenever the method is not the bank
 
     def initializePage(self) -> None:  # noqa: N802
         samples = self.w.samples_page.samples()
