@@ -27,6 +27,9 @@ def _settings(r) -> str:
             notes.append("stages balanced")
         if r.get("smoothing") not in (None, 4.0):
             notes.append(f"smoothing {r['smoothing']:g}")
+        chosen = [run.get("surface_choice", {}).get("chosen") for run in r.get("runs", [r])]
+        if any(chosen):
+            notes.append("surface auto: " + ", ".join(map(str, chosen)))
     return f" ({', '.join(notes)})" if notes else ""
 
 

@@ -140,6 +140,10 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone-weights", type=Path, metavar="FILE",
                    help="ImageNet weights for a torchvision backbone (--set backbone=wide_resnet50_2); "
                         "efficientnet_lite0's ship with Inspector")
+    p.add_argument("--surface", default="parts", metavar="S",
+                   help="the memory bank (patchcore): parts (default; castings, tiles, components), texture (a "
+                        "fine repeating texture with thin defects: brick, fabric) or auto (fit both, keep the "
+                        "one the labelled defects of --anomaly-fraction prefer)")
 
 
 def _model_arg(text: str) -> Path:
@@ -219,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also take the items labelled OK / NG in batch and live review")
     p.add_argument("--method", default="patchcore", help="patchcore (default), eidn or ae")
     p.add_argument("--preset", default="balanced", help="fast, balanced (default) or accurate")
-    p.add_argument("--surface", default="parts",
-                   help="for the memory bank: parts (default; castings, tiles, components) or texture "
-                        "(a fine repeating texture with thin defects: brick, fabric, wood grain)")
+    p.add_argument("--surface", metavar="S",
+                   help="for the memory bank: auto (default: fit both and keep the one the labelled defects "
+                        "prefer; parts without defects), parts (castings, tiles, components) or texture (a "
+                        "fine repeating texture with thin defects: brick, fabric, wood grain)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (default: CUDA GPU if present), cpu, cuda, cuda:N")
     p.add_argument("--name", help="the version's name in the registry")
@@ -322,7 +327,8 @@ def _options(args: argparse.Namespace):
                         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                         flips=args.flips, time_budget_s=args.time_budget, hparams=dict(args.hparams),
                         false_alarm_rate=args.false_alarm_rate, scale=args.scale, smoothing=args.smoothing,
-                        backbone_weights=args.backbone_weights, protocol=getattr(args, "protocol", "test"))
+                        backbone_weights=args.backbone_weights, protocol=getattr(args, "protocol", "test"),
+                        surface=args.surface)
 
 
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
@@ -399,6 +405,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from .app.retrain import PRESETS, RetrainError, Samples, compare_active, register, retrain
+    from .app.surfaces import describe_choice
     from .base.paths import data_dir, default_results_db
     from .modelstore.registry import Registry
     from .results.store import ResultStore
@@ -420,6 +427,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                          surface=args.surface, progress=ProgressBar())
     except RetrainError as exc:
         raise InputError(str(exc)) from None
+    surface = describe_choice(result.trained.metadata["training"])
+    if surface:
+        print(surface, file=sys.stderr)
     mine = result.validation.figures()
     theirs = compare_active(result, registry)
     version = register(result, registry, name=args.name, activate=args.activate)

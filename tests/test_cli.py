@@ -91,6 +91,15 @@ def test_unknown_method_lists_the_methods(tiny_mvtec, capsys):
     assert "available methods: ae, agad, agad_features, ede, eidn, patchcore" in capsys.readouterr().err
 
 
+def test_a_surface_is_refused_for_methods_other_than_the_bank(tiny_mvtec, tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    rc = main(["train", "--data", str(tiny_mvtec), "--method", "eidn", "--surface", "texture", "--out", str(model)])
+    assert rc == 2 and "for the memory bank (patchcore), not 'eidn'" in capsys.readouterr().err
+    assert main(["bench", "--data", str(tiny_mvtec), "--method", "default", "--surface", "glass"]) == 2
+    assert "unknown surface 'glass': parts, texture, auto" in capsys.readouterr().err
+    assert not model.exists()
+
+
 def test_corrupt_training_images_are_skipped_with_a_warning(tiny_mvtec, tmp_path, caplog):
     (tiny_mvtec / "train" / "good" / "zero.jpg").write_bytes(b"")
     model = tmp_path / "m.safetensors"

@@ -238,10 +238,12 @@ def test_the_validation_protocol_never_looks_at_test(tiny_mvtec):
 
 def test_several_seeds_are_summarised_as_mean_and_sample_deviation():
     runs = [{"seed": s, "method": "m", "image_auroc": a, "pixel_auroc": None, "false_alarm_rate": 0.0,
-             "recall": 1.0, "train_seconds": 1.0, "score_ms_per_image": 2.0, "auroc_per_type": {"x": a}}
-            for s, a in ((0, 0.90), (1, 0.94), (2, 0.98))]
+             "recall": 1.0, "train_seconds": 1.0, "score_ms_per_image": 2.0, "auroc_per_type": {"x": a},
+             "surface": surface}
+            for s, a, surface in ((0, 0.90, "parts"), (1, 0.94, "texture"), (2, 0.98, "parts"))]
     summary = summarise_seeds(runs)
     assert summary["seeds"] == [0, 1, 2] and summary["method"] == "m"
+    assert summary["surface"] is None and summary["varies_by_seed"] == ["surface"]   # not seed 0's for all
     assert summary["image_auroc"] == pytest.approx(0.94) and summary["image_auroc_sd"] == pytest.approx(0.04)
     assert summary["pixel_auroc"] is None and summary["auroc_per_type"]["x"] == pytest.approx(0.94)
     assert len(summary["runs"]) == 3

@@ -37,7 +37,10 @@ def test_retrain_validates_and_registers_only_when_asked(tiny_mvtec, tmp_path):
     old = registry.add(make_model(tmp_path / "old.safetensors"))
     seen = []
     result = retrain(samples_of(tiny_mvtec), method="patchcore", preset="fast", device="cpu", progress=seen.append)
-    assert {"features", "calibrate", "validate"} <= {p.stage for p in seen}
+    stages = {p.stage for p in seen}                      # each surface's fit says which it is
+    assert {"features (parts surface)", "calibrate (texture surface)", "choose surface (parts surface)",
+            "validate"} <= stages
+    assert "features (texture surface)" not in stages     # the second fit reuses the goods' descriptors
     figures = result.validation.figures()
     assert figures["n_validation_good"] == 10 and figures["n_validation_defect"] == 11
     assert figures["image_auroc"] > 0.8                  # dark blobs on texture: easy
@@ -61,6 +64,26 @@ def test_a_texture_surface_weighs_the_stages_alike_and_leaves_the_map_unsmoothed
         retrain(samples_of(tiny_mvtec), surface="glass", device="cpu")
     with pytest.raises(RetrainError, match="for the memory bank"):
         retrain(samples_of(tiny_mvtec), method="eidn", surface="texture", device="cpu")
+
+
+def test_auto_surface_keeps_the_fit_the_training_defects_prefer(tiny_mvtec):
+    result = retrain(samples_of(tiny_mvtec), method="patchcore", preset="fast", device="cpu")   # auto by default
+    training, detector = result.trained.metadata["training"], result.trained.detector
+    choice = training["surface_choice"]
+    assert set(choice["auroc"]) == {"parts", "texture"} and choice["n_defects"] >= 2
+    best = max(choice["auroc"], key=lambda name: (choice["auroc"][name], name == "parts"))
+    assert choice["chosen"] == training["surface"] == best
+    assert detector.balance_stages == (best == "texture")
+    # The held-out defects validate; the ones that chose are the training half, never the same images.
+    assert choice["n_defects"] <= len(result.plan.dataset.train_defect)
+
+
+def test_auto_surface_without_defects_is_parts(tiny_mvtec):
+    goods = Samples.from_folders([tiny_mvtec / "train" / "good", tiny_mvtec / "test" / "good"])
+    result = retrain(goods, method="patchcore", preset="fast", device="cpu", surface="auto")
+    training = result.trained.metadata["training"]
+    assert training["surface"] == "parts" and not result.trained.detector.balance_stages
+    assert training["surface_choice"]["reason"].startswith("too few labelled defects")
 
 
 def test_a_cancelled_retraining_writes_nothing(tiny_mvtec, tmp_path):

@@ -341,10 +341,13 @@ def test_the_retraining_wizard_goes_from_samples_to_an_activated_model(qtbot, wi
     qtbot.waitUntil(lambda: "40 good samples, 10 labelled defects" in page.counter.text(), timeout=5_000)
     assert page.isComplete()
     wizard.next()
-    assert wizard.method_page.method.currentData() == "eidn"       # defects given: the method that uses them
-    assert not wizard.method_page.surface.isEnabled()              # the surface is the memory bank's setting
-    wizard.method_page.method.setCurrentIndex(wizard.method_page.method.findData("patchcore"))
-    assert wizard.method_page.surface.isEnabled() and wizard.method_page.chosen_surface() == "parts"
+    page = wizard.method_page
+    assert page.method.currentData() == "patchcore"                 # defects or not: the bank, measured best
+    assert page.surface.isEnabled() and page.chosen_surface() == "auto"      # ... its surface chosen with them
+    page.method.setCurrentIndex(page.method.findData("eidn"))
+    assert not page.surface.isEnabled() and page.chosen_surface() == "parts"   # the memory bank's setting only
+    page.method.setCurrentIndex(page.method.findData("patchcore"))
+    assert page.surface.isEnabled() and page.chosen_surface() == "auto"
     qtbot.waitUntil(lambda: "min on this machine" in wizard.method_page.estimate.text(), timeout=60_000)
     wizard.next()
     qtbot.waitUntil(wizard.train_page.isComplete, timeout=120_000)

@@ -1,14 +1,14 @@
 """The README's screenshots, made from the running program so that they stay current.
 
     xvfb-run -a -s "-screen 0 1280x800x24" .venv/bin/python tools/screenshots.py [--out docs/screenshots]
-        [--data ../shared/data/brickwork_crack] [--size 1280x800] [--surface texture]
+        [--data ../shared/data/brickwork_crack] [--size 1280x800] [--surface auto]
 
 In a fresh data folder (nothing of the user's is touched) it opens the window as on a first launch
 and waits for the demo line to show a defect (live view); trains the default detector on the
-set's good parts through the retraining service (balanced preset: native resolution; the surface
-given, texture for brickwork) and reviews a folder of its test parts, goods and defects (batch
-review, the worst selected); and walks the retraining wizard on the same set from samples to the
-threshold, one picture a page.  Each picture is the window as Qt draws it.
+set's good parts and labelled defects through the retraining service (balanced preset: native
+resolution; the surface given, by default chosen with the defects) and reviews a folder of its
+test parts, goods and defects (batch review, the worst selected); and walks the retraining
+wizard on the same set from samples to the threshold, one picture a page.  Each picture is the window as Qt draws it.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "brickwork_crack")
     parser.add_argument("--size", default="1280x800", help="the window's size, WIDTHxHEIGHT")
-    parser.add_argument("--surface", default="texture",
-                        help="the memory bank's surface for the data (brickwork, the default data: texture)")
+    parser.add_argument("--surface", default="auto",
+                        help="the memory bank's surface (default auto: chosen with the set's labelled defects)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,9 @@ def main() -> int:
     window.stop()
 
     # batch review: the default detector trained on the set's good parts, a folder of test parts reviewed
-    samples = Samples(goods=list_images(args.data / "train" / "good"))
+    defects = args.data / "train" / "defect"
+    samples = Samples(goods=list_images(args.data / "train" / "good"),
+                      defects=list_images(defects) if defects.is_dir() else [])
     result = retrain(samples, method="patchcore", preset="balanced", surface=args.surface)
     registry = Registry(window.settings.models_dir)
     version = register(result, registry, name=f"{args.data.name} (default)", activate=True)

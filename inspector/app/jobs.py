@@ -42,6 +42,7 @@ from ..learn.splits import Split, make_split
 from ..learn.training import FeatureTrainingData, TrainConfig, TrainingData, TrainReport, seed_everything, train
 from ..modelstore.modelfile import build_metadata
 from ..modelstore.registry import data_hash
+from .surfaces import AUTO, MIN_DEFECTS_TO_CHOOSE, SURFACES, applies_to, check_surface
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,9 @@ class TrainOptions:
     smoothing: float | None = None
     backbone_weights: Path | None = None
     protocol: str = "test"
+    #: The memory bank's surface (``surfaces.SURFACES``, or ``auto``): its settings are applied over
+    #: ``hparams`` and ``smoothing``.
+    surface: str = "parts"
 
 
 @dataclass
@@ -149,12 +153,29 @@ def _good_features(detector: Detector, opts: TrainOptions, paths: Sequence[Path]
     return goods, whole_images(detector, detector.features, goods.images, progress=progress, stage="features")
 
 
+#: The good images' descriptors of one fit, kept for the next fit of the same images and backbone
+#: (``surface=auto`` fits the bank once per surface): key -> (goods, descriptors).
+FeatureCache = dict
+
+
+def _feature_key(detector: Detector, opts: TrainOptions, paths: Sequence[Path]) -> tuple:
+    hp = detector.hparams()
+    return (tuple(paths), opts.scale, opts.backbone_weights, hp["backbone"], tuple(hp["stages"]), hp["pool"])
+
+
 def _fit_features(detector: Detector, opts: TrainOptions, split: Split, channels: int,
-                  progress: ProgressCallback | None) -> tuple[TrainReport, dict[str, Any], None]:
-    """A memory bank: the backbone's features of each good image, computed once, and the bank fitted
-    on them."""
+                  progress: ProgressCallback | None, cache: FeatureCache | None = None
+                  ) -> tuple[TrainReport, dict[str, Any], None]:
+    """A memory bank: the backbone's features of each good image, computed once (or taken from
+    ``cache``), and the bank fitted on them."""
     t0 = time.perf_counter()
-    goods, features = _good_features(detector, opts, split.train_good, channels, progress)
+    key = _feature_key(detector, opts, split.train_good)
+    if cache is not None and key in cache:
+        goods, features = cache[key]
+    else:
+        goods, features = _good_features(detector, opts, split.train_good, channels, progress)
+        if cache is not None:
+            cache[key] = goods, features
     info = detector.fit_features([f.to(detector.device) for f in features],
                                  generator=torch.Generator().manual_seed(opts.seed))
     report = TrainReport(epochs_done=1, steps_done=0, seconds=time.perf_counter() - t0, stopped_by="completed",
@@ -233,8 +254,17 @@ def _train_tiles(detector: Detector, opts: TrainOptions, split: Split, channels:
 
 
 def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress: ProgressCallback | None = None,
-                should_cancel: Callable[[], bool] | None = None) -> TrainedModel:
+                should_cancel: Callable[[], bool] | None = None, cache: FeatureCache | None = None) -> TrainedModel:
     dataset = dataset or discover(opts.data)
+    problem = check_surface(opts.surface, opts.method)
+    if problem:
+        raise OptionError(problem)
+    if opts.surface == AUTO:
+        return _train_choosing_surface(opts, dataset, progress, should_cancel)
+    if applies_to(opts.method):
+        surface = SURFACES[opts.surface]
+        opts = dataclasses.replace(opts, hparams={**surface.hparams, **opts.hparams},
+                                   smoothing=surface.smoothing if opts.smoothing is None else opts.smoothing)
     cls = models.get_method(opts.method)
     device = resolve_device(opts.device)
     rng = seed_everything(opts.seed)
@@ -260,7 +290,7 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
 
     if fully_convolutional:
         if cls.gradient_free:
-            report, counts, config = _fit_features(detector, opts, split, channels, progress)
+            report, counts, config = _fit_features(detector, opts, split, channels, progress, cache)
         else:
             report, counts, config = _train_features(detector, opts, split, channels, rng, progress, should_cancel)
         smoothing = cls.default_smoothing if opts.smoothing is None else opts.smoothing
@@ -291,10 +321,58 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
                      "batch_size": config.batch_size, "flips": config.flips}
     if fully_convolutional:
         training["backbone_weights"] = str(opts.backbone_weights) if opts.backbone_weights else "shipped"
+    if applies_to(opts.method):
+        training["surface"] = opts.surface
     metadata = build_metadata(detector, calibration, training=training)
     if inspection:
         metadata["inspection"] = inspection
     return TrainedModel(detector, calibration, report, metadata, dataset, split, inspection)
+
+
+def _train_choosing_surface(opts: TrainOptions, dataset: MVTecSet, progress: ProgressCallback | None,
+                            should_cancel: Callable[[], bool] | None) -> TrainedModel:
+    """``surface=auto``: fit the bank once per surface and keep the one whose scores best separate the
+    held-out calibration goods from the labelled defects (image AUROC; ties go to the first, parts).
+    The bank never learns from those defects: they are the ones a method that learns from defects
+    would be given (the anomaly fraction G)."""
+    labelled = make_split(dataset, anomaly_fraction=opts.anomaly_fraction, rng=np.random.default_rng(opts.seed),
+                          protocol=opts.protocol).labelled
+    if len(labelled) < MIN_DEFECTS_TO_CHOOSE:
+        log.info("surface auto: %d labelled defects, too few to choose with; the parts surface", len(labelled))
+        trained = train_model(dataclasses.replace(opts, surface="parts"), dataset=dataset, progress=progress,
+                              should_cancel=should_cancel)
+        trained.metadata["training"]["surface_choice"] = {"chosen": "parts", "n_defects": len(labelled),
+                                                          "reason": "too few labelled defects to choose with"}
+        return trained
+    best, figures, cache, t0 = None, {}, FeatureCache(), time.perf_counter()
+    for name in SURFACES:
+        def staged(update: Progress, name=name) -> None:
+            if progress is not None:
+                progress(dataclasses.replace(update, stage=f"{update.stage} ({name} surface)"))
+
+        trained = train_model(dataclasses.replace(opts, surface=name), dataset=dataset, progress=staged,
+                              should_cancel=should_cancel, cache=cache)
+        scored = dict(inspect_files(trained.inspector(), [*trained.split.calibration_good, *labelled],
+                                    progress=staged, stage="choose surface"))
+        n_good = len(trained.split.calibration_good)
+        goods = [scored[i].score for i in range(n_good) if i in scored and scored[i].error is None]
+        defects = [scored[i].score for i in range(n_good, n_good + len(labelled))
+                   if i in scored and scored[i].error is None]
+        if not goods or not defects:
+            raise DatasetError(f"{opts.data}: the calibration goods or labelled defects could not be scored "
+                               f"to choose a surface")
+        figures[name] = auroc(np.r_[np.zeros(len(goods), bool), np.ones(len(defects), bool)],
+                              np.r_[goods, defects])
+        log.info("surface %s: AUROC %.4f on %d calibration goods and %d labelled defects",
+                 name, figures[name], len(goods), len(defects))
+        if best is None or figures[name] > figures[best.metadata["training"]["surface"]]:
+            best = trained
+    best.metadata["training"]["surface_choice"] = {
+        "chosen": best.metadata["training"]["surface"], "n_defects": len(labelled),
+        "auroc": {k: round(float(v), 4) for k, v in figures.items()}}
+    best.report = dataclasses.replace(best.report, seconds=time.perf_counter() - t0)     # every fit, and choosing
+    best.metadata["training"]["seconds"] = round(best.report.seconds, 2)
+    return best
 
 
 def evaluate(inspector: Inspector, items: Sequence[TestItem], *, root: Path | None = None,
@@ -381,6 +459,7 @@ def bench(opts: TrainOptions, *, progress: ProgressCallback | None = None,
         "device": t["device"], "seed": opts.seed, "hparams": trained.detector.hparams(),
         "skipped_files": t["skipped_files"] + metrics["test_skipped_files"],
     }
+    result |= {k: t[k] for k in ("surface", "surface_choice") if k in t}
     trained.metadata["metrics"] = {k: result[k] for k in ("image_auroc", "pixel_auroc", "false_alarm_rate", "recall")}
     return trained, result
 
@@ -391,8 +470,12 @@ SEED_FIGURES = ("image_auroc", "pixel_auroc", "false_alarm_rate", "recall", "tra
 
 def summarise_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One bench result from runs that differ only in their seed: each figure's mean and (sample)
-    standard deviation, and every run kept under ``runs``."""
+    standard deviation, and every run kept under ``runs``.  A setting the runs chose differently
+    (the surface that ``auto`` picked, say) is None here and named in ``varies_by_seed``."""
     summary = {k: v for k, v in runs[0].items() if k not in SEED_FIGURES and k not in ("seed", "auroc_per_type")}
+    varies = [k for k in summary if any(run.get(k) != summary[k] for run in runs[1:])]
+    summary |= dict.fromkeys(varies)
+    summary["varies_by_seed"] = varies
     summary["seeds"] = [run["seed"] for run in runs]
     for key in SEED_FIGURES:
         values = [run[key] for run in runs if run.get(key) is not None]

@@ -29,6 +29,7 @@ from ..learn.training import TrainingCancelled
 from ..modelstore.modelfile import save_model
 from ..modelstore.registry import Registry, Version
 from .jobs import TrainedModel, TrainOptions, inspect_files, train_model
+from .surfaces import AUTO, applies_to, check_surface, fits_for
 
 #: Fewer good samples than this cannot be shared out into training, calibration and validation.
 MIN_GOODS = 20
@@ -61,27 +62,9 @@ PRESETS = {
 }
 
 
-@dataclass(frozen=True)
-class Surface:
-    """What the memory bank is told about the part's surface: settings chosen on validation splits
-    cut from ``train/`` (README, "The default detector"), which no one setting suits."""
-
-    name: str
-    description: str
-    hparams: dict
-    smoothing: float | None          # None: the method's own
-
-
-SURFACES = {
-    "parts": Surface("parts", "parts and shapes: castings, tiles, components (the default)", {}, None),
-    "texture": Surface("texture", "a fine repeating texture with thin defects: brick, fabric, wood grain",
-                       {"balance_stages": True}, 0.0),
-}
-#: The methods a surface setting applies to.
-SURFACE_METHODS = ("patchcore",)
 #: Methods an operator chooses from, with what they need.
 METHODS = {
-    "patchcore": "memory bank of good patches (no defects needed; the default)",
+    "patchcore": "memory bank of good patches (no defects needed; given some, they choose its surface; the default)",
     "eidn": "triplet embedding (learns from labelled defects, else from synthetic ones)",
     "ae": "convolutional autoencoder (good samples only)",
 }
@@ -208,17 +191,18 @@ class RetrainResult:
 
 
 def retrain(samples: Samples, *, method: str = "patchcore", preset: str = "balanced", seed: int = 0,
-            device: str = "auto", surface: str = "parts", progress: ProgressCallback | None = None,
+            device: str = "auto", surface: str | None = None, progress: ProgressCallback | None = None,
             should_cancel: Callable[[], bool] | None = None) -> RetrainResult:
-    """Train on the samples with a preset (and, for the memory bank, a surface) and validate on the
-    held-out ones; nothing is written."""
+    """Train on the samples with a preset (and, for the memory bank, a surface: by default chosen with
+    the training share of the labelled defects, ``auto``) and validate on the held-out ones; nothing
+    is written."""
     if preset not in PRESETS:
         raise RetrainError(f"unknown preset {preset!r}: {', '.join(PRESETS)}")
-    if surface not in SURFACES:
-        raise RetrainError(f"unknown surface {surface!r}: {', '.join(SURFACES)}")
-    if surface != "parts" and method not in SURFACE_METHODS:
-        raise RetrainError(f"the surface setting is for the memory bank ({', '.join(SURFACE_METHODS)}), "
-                           f"not {method!r}")
+    if surface is None:
+        surface = AUTO if applies_to(method) else "parts"
+    problem = check_surface(surface, method)
+    if problem:
+        raise RetrainError(problem)
     p = PRESETS[preset]
     shares = plan(samples, seed)
     t0 = time.perf_counter()
@@ -240,7 +224,7 @@ def retrain(samples: Samples, *, method: str = "patchcore", preset: str = "balan
         opts.epochs = max(1, round(cls.defaults.epochs * p.epochs_share))
     if cls.defaults.size is None and not cls.gradient_free:
         opts.epochs = max(1, round(cls.defaults.epochs * p.epochs_share))
-    opts.hparams, opts.smoothing = dict(SURFACES[surface].hparams), SURFACES[surface].smoothing
+    opts.surface = surface
     try:
         trained = train_model(opts, dataset=shares.dataset, progress=report, should_cancel=should_cancel)
         validation = validate(trained.inspector(), shares.held_goods, shares.held_defects, progress=report)
@@ -248,13 +232,11 @@ def retrain(samples: Samples, *, method: str = "patchcore", preset: str = "balan
         raise RetrainError(str(exc)) from exc
     trained.metadata["metrics"] = validation.figures()
     trained.metadata["training"]["preset"] = preset
-    if method in SURFACE_METHODS:
-        trained.metadata["training"]["surface"] = surface
     return RetrainResult(trained, shares, validation, time.perf_counter() - t0)
 
 
 def estimate_seconds(samples: Samples, *, method: str = "patchcore", preset: str = "balanced",
-                     device: str = "auto") -> float:
+                     device: str = "auto", surface: str = "parts") -> float:
     """Training time on this machine and device, from a probe: the backbone (or, for a tile method,
     a few training steps) timed on two of the samples, scaled to the images and steps the run will
     take.  Rough (decoding, calibration and the coreset are estimated with the backbone's figure)."""
@@ -284,8 +266,8 @@ def estimate_seconds(samples: Samples, *, method: str = "patchcore", preset: str
         t0 = time.perf_counter()
         whole_images(detector, detector.features, probe)
         per_image = (time.perf_counter() - t0) / len(probe)
-        if cls.gradient_free:
-            return per_image * n * 1.3                                       # + the coreset
+        if cls.gradient_free:                       # + the coreset and calibration, once per fit
+            return per_image * n * (1.0 + 0.3 * fits_for(surface, len(samples.defects) // 2))
         images = min(n, HEAD_GOODS) + pseudo_count(min(n, HEAD_GOODS)) + n
         steps = max(1, round(cls.defaults.epochs * p.epochs_share)) * cls.defaults.steps_per_epoch
         return per_image * images + 0.05 * steps

@@ -41,8 +41,6 @@ from ..app.retrain import (
     METHODS,
     MIN_GOODS,
     PRESETS,
-    SURFACE_METHODS,
-    SURFACES,
     RetrainResult,
     Samples,
     Validation,
@@ -52,6 +50,7 @@ from ..app.retrain import (
     register,
     retrain,
 )
+from ..app.surfaces import AUTO, AUTO_DESCRIPTION, SURFACE_METHODS, SURFACES, describe_choice
 from ..base.progress import Progress
 from ..frames.images import write_image
 from ..learn.training import TrainingCancelled
@@ -70,7 +69,7 @@ class RetrainWorker(QObject):
     cancelled = Signal()
 
     def __init__(self, samples: Samples, method: str, preset: str, seed: int, registry: Registry,
-                 current_model: Path | None = None, surface: str = "parts") -> None:
+                 current_model: Path | None = None, surface: str | None = None) -> None:
         super().__init__()
         self.samples, self.method, self.preset, self.seed, self.registry = samples, method, preset, seed, registry
         self.current_model, self.surface = current_model, surface
@@ -219,10 +218,13 @@ class MethodPage(QWizardPage):
             self.preset.addItem(f"{name} — {preset.description}", name)
         self.preset.setCurrentIndex(0)
         self.surface = QComboBox()
+        self.surface.addItem(f"{AUTO} — {AUTO_DESCRIPTION}", AUTO)
         for name, surface in SURFACES.items():
             self.surface.addItem(f"{name} — {surface.description}", name)
         self.surface.setToolTip("For the memory bank: a fine repeating texture weighs the backbone's fine "
-                                "stage as much as its deep one and does not smooth the map")
+                                "stage as much as its deep one and does not smooth the map. Auto fits both "
+                                "and keeps the one that tells the labelled defects from good parts best "
+                                "(a second fit of the bank, on the same features)")
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
         advanced = QGroupBox("Advanced")
@@ -244,31 +246,32 @@ class MethodPage(QWizardPage):
         self.method.currentIndexChanged.connect(self._estimate)
         self.method.currentIndexChanged.connect(self._surface_applies)
         self.preset.currentIndexChanged.connect(self._estimate)
+        self.surface.currentIndexChanged.connect(self._estimate)
 
     def _surface_applies(self) -> None:
         """The surface is the memory bank's setting: other methods train as they always do."""
         applies = self.method.currentData() in SURFACE_METHODS
         self.surface.setEnabled(applies)
-        if not applies:
-            self.surface.setCurrentIndex(self.surface.findData("parts"))
+        self.surface.setCurrentIndex(self.surface.findData(AUTO if applies else "parts"))
 
     def chosen_surface(self) -> str:
         return self.surface.currentData()       # "parts" whenever the method is not the bank
 
     def initializePage(self) -> None:  # noqa: N802
-        samples = self.w.samples_page.samples()
-        self.method.setCurrentIndex(self.method.findData("eidn" if samples.defects else "patchcore"))
+        # The memory bank whether or not there are defects: with 5 % labels it measured above EIDN and
+        # the AE on every set (README, Results), and the defects choose its surface.
+        self.method.setCurrentIndex(self.method.findData("patchcore"))
         self._surface_applies()
         self._estimate()
 
     def _estimate(self) -> None:
         """Measured on this machine: a probe times the backbone (or a few training steps) in the background."""
         samples = self.w.samples_page.samples()
-        method, preset = self.method.currentData(), self.preset.currentData()
+        method, preset, surface = self.method.currentData(), self.preset.currentData(), self.chosen_surface()
         if not samples.goods:
             return
         self.estimate.setText("estimating the training time on this machine…")
-        key = (method, preset)
+        key = (method, preset, surface)
         self._asked = key
         device = "GPU" if self.w.has_gpu else "CPU"
 
@@ -278,7 +281,7 @@ class MethodPage(QWizardPage):
                                       f"{len(samples.goods)} good samples (measured on two of them; the next page "
                                       f"shows the real ETA).")
 
-        start_task(lambda: estimate_seconds(samples, method=method, preset=preset), shown,
+        start_task(lambda: estimate_seconds(samples, method=method, preset=preset, surface=surface), shown,
                    lambda msg: self.estimate.setText(f"no estimate: {msg}"))
 
 
@@ -337,7 +340,8 @@ class TrainPage(QWizardPage):
 
     def _finished(self, result: RetrainResult, active) -> None:
         self.w.result, self.w.active_validation = result, active
-        self._stopped(f"Trained in {result.seconds:.0f} s.")
+        surface = describe_choice(result.trained.metadata["training"])
+        self._stopped(f"Trained in {result.seconds:.0f} s." + (f" {surface}" if surface else ""))
         self.completeChanged.emit()
 
     def _failed(self, message: str) -> None:
