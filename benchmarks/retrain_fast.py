@@ -4,8 +4,8 @@
 
 Takes up to N_GOODS good images of SET/train/good and the labelled pool SET/train/defect as the
 operator's samples, runs ``retrain`` (a fifth of the goods and half of the defects held out for
-validation) and ``register`` into a temporary registry, and prints the seconds and the validation
-figures.  test/ is never read.
+validation; the memory bank's surface chosen with the other half) and ``register`` into a temporary
+registry, and prints the seconds, the validation figures and the surface.  test/ is never read.
 """
 
 import sys
@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from inspector.app.retrain import Samples, register, retrain  # noqa: E402
+from inspector.app.surfaces import describe_choice  # noqa: E402
 from inspector.learn.datasets import list_images  # noqa: E402
 from inspector.modelstore.registry import Registry  # noqa: E402
 
@@ -37,6 +38,7 @@ def main() -> None:
     print(f"{name} {method} {preset}: {len(samples.goods)} goods, {len(samples.defects)} defects -> {version.id} "
           f"active in {seconds:.0f} s; validation on {f['n_validation_good']} goods / {f['n_validation_defect']} "
           f"defects: AUROC {f['image_auroc']:.3f}, false alarms {f['false_alarm_rate']:.3f}, recall {f['recall']:.3f}")
+    print(describe_choice(result.trained.metadata["training"]) or "")
 
 
 if __name__ == "__main__":
