@@ -352,6 +352,8 @@ def test_the_retraining_wizard_goes_from_samples_to_an_activated_model(qtbot, wi
     wizard.next()
     qtbot.waitUntil(wizard.train_page.isComplete, timeout=120_000)
     assert "Trained in" in wizard.train_page.message.text()
+    assert "Surface: " in wizard.train_page.message.text() and "chosen with 5 labelled defects" in \
+        wizard.train_page.message.text()                          # all of the training half of the 10 chose
     wizard.next()
     assert "new model" in wizard.validate_page.figures.text() and "active model" in wizard.validate_page.figures.text()
     assert wizard.validate_page.examples.count() > 0

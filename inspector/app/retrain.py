@@ -25,6 +25,7 @@ from ..detect.calibration import Calibration
 from ..detect.pipeline import FrameResult, Inspector
 from ..learn.datasets import GOOD, DatasetError, MVTecSet, TestItem, list_images
 from ..learn.metrics import auroc, rates_at
+from ..learn.splits import calibration_count
 from ..learn.training import TrainingCancelled
 from ..modelstore.modelfile import save_model
 from ..modelstore.registry import Registry, Version
@@ -126,7 +127,10 @@ def plan(samples: Samples, seed: int = 0) -> Plan:
     held_defects, train_defects = sorted(defects[::2]), sorted(defects[1::2])
     test = [TestItem(p, GOOD) for p in held_goods] + [TestItem(p, "defect") for p in held_defects]
     dataset = MVTecSet(Path(samples.goods[0]).parent, train_goods, [(p, "defect") for p in train_defects], test)
-    fraction = len(train_defects) / (len(train_goods) + len(train_defects)) if train_defects else 0.0
+    # G = a / (n + a) over the goods that training keeps once its calibration slice is set aside, so
+    # that the split draws every training-side defect (a / (n + a) over all of them drew three in four).
+    n_fit = len(train_goods) - calibration_count(len(train_goods))
+    fraction = len(train_defects) / (n_fit + len(train_defects)) if train_defects else 0.0
     return Plan(dataset, held_goods, held_defects, fraction)
 
 
