@@ -113,6 +113,8 @@ class TrainedModel:
     dataset: MVTecSet
     split: Split
     inspection: dict[str, Any]
+    #: The raw scores of the held-out calibration goods the threshold was set on.
+    calibration_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def inspector(self, **kw) -> Inspector:
         """An Inspector for this model, tiled or scaled as it was trained and calibrated."""
@@ -326,7 +328,7 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
     metadata = build_metadata(detector, calibration, training=training)
     if inspection:
         metadata["inspection"] = inspection
-    return TrainedModel(detector, calibration, report, metadata, dataset, split, inspection)
+    return TrainedModel(detector, calibration, report, metadata, dataset, split, inspection, np.array(good_scores))
 
 
 def _train_choosing_surface(opts: TrainOptions, dataset: MVTecSet, progress: ProgressCallback | None,
@@ -352,15 +354,11 @@ def _train_choosing_surface(opts: TrainOptions, dataset: MVTecSet, progress: Pro
 
         trained = train_model(dataclasses.replace(opts, surface=name), dataset=dataset, progress=staged,
                               should_cancel=should_cancel, cache=cache)
-        scored = dict(inspect_files(trained.inspector(), [*trained.split.calibration_good, *labelled],
-                                    progress=staged, stage="choose surface"))
-        n_good = len(trained.split.calibration_good)
-        goods = [scored[i].score for i in range(n_good) if i in scored and scored[i].error is None]
-        defects = [scored[i].score for i in range(n_good, n_good + len(labelled))
-                   if i in scored and scored[i].error is None]
-        if not goods or not defects:
-            raise DatasetError(f"{opts.data}: the calibration goods or labelled defects could not be scored "
-                               f"to choose a surface")
+        goods = trained.calibration_scores                      # scored once already, for the threshold
+        defects = [r.score for _, r in inspect_files(trained.inspector(), labelled, progress=staged,
+                                                     stage="choose surface") if r.error is None]
+        if not defects:
+            raise DatasetError(f"{opts.data}: none of the labelled defects could be scored to choose a surface")
         figures[name] = auroc(np.r_[np.zeros(len(goods), bool), np.ones(len(defects), bool)],
                               np.r_[goods, defects])
         log.info("surface %s: AUROC %.4f on %d calibration goods and %d labelled defects",
