@@ -352,9 +352,16 @@ def _summary(result: dict[str, Any]) -> list[str]:
              f"test: {result['n_test_good']} good, {result['n_test_defect']} defective"]
     for label, value in result.get("auroc_per_type", {}).items():
         lines.append(f"  auroc {label:<14} {value:.4f}")
-    lines.append(f"threshold={result['threshold']:.6g} false_alarm_rate={_fmt(result['false_alarm_rate'], 3)} "
+    lines.append(f"{_threshold_text(result)} false_alarm_rate={_fmt(result['false_alarm_rate'], 3)} "
                  f"recall={_fmt(result['recall'], 3)}")
     return lines
+
+
+def _threshold_text(result: dict[str, Any]) -> str:
+    """The calibrated threshold; a multi-seed summary has one per seed (``varies_by_seed``)."""
+    if result["threshold"] is None and "runs" in result:
+        return "thresholds=" + ",".join(f"{run['threshold']:.6g}" for run in result["runs"])
+    return f"threshold={result['threshold']:.6g}"
 
 
 def _report(result: dict[str, Any], json_path: Path | None) -> int:

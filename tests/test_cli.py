@@ -57,6 +57,18 @@ def test_bench_reports_pixel_auroc_where_masks_exist(tiny_mvtec, tmp_path):
     assert result["n_train_defect"] == 0             # the AE learns from goods only
 
 
+def test_bench_over_seeds_reports_each_seeds_threshold(tiny_mvtec, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--data", str(tiny_mvtec), "--method", "ae", "--seeds", "0,1", "--json", str(out),
+                 *FAST]) == 0
+    result = json.loads(out.read_text())
+    assert "threshold" in result["varies_by_seed"]          # calibrated per seed: no one value to show
+    thresholds = [run["threshold"] for run in result["runs"]]
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert f"thresholds={thresholds[0]:.6g},{thresholds[1]:.6g} " in printed[-2]
+    assert printed[-1].startswith(f"image_auroc={result['image_auroc']:.4f}") and " seeds=0,1 " in printed[-1]
+
+
 def test_train_then_eval(tiny_mvtec, tmp_path, capsys):
     model = tmp_path / "models" / "m.safetensors"
     assert main(["train", "--data", str(tiny_mvtec), "--method", "eidn", "--out", str(model), *FAST_HEAD]) == 0
