@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder of labelled defects (optional, repeatable)")
     p.add_argument("--feedback", action="store_true",
                    help="also take the items labelled OK / NG in batch and live review")
-    p.add_argument("--method", default="patchcore", help="patchcore (default), eidn or ae")
+    p.add_argument("--method", default="patchcore",
+                   help="patchcore (default), eidn, agad_features (given labelled defects) or ae")
     p.add_argument("--preset", default="balanced", help="fast, balanced (default) or accurate")
     p.add_argument("--surface", metavar="S",
                    help="for the memory bank: auto (default: fit both and keep the one the labelled defects "

@@ -86,6 +86,14 @@ def test_auto_surface_without_defects_is_parts(tiny_mvtec):
     assert training["surface_choice"]["reason"].startswith("too few labelled defects")
 
 
+def test_agad_on_features_retrains_from_every_training_side_defect(tiny_mvtec):
+    result = retrain(samples_of(tiny_mvtec), method="agad_features", preset="fast", device="cpu")
+    training = result.trained.metadata["training"]
+    assert result.trained.detector.method == "agad_features" and training["n_pseudo_anomalies"] == 0
+    assert training["n_train_defect"] == len(result.plan.dataset.train_defect) == 11   # what it learns from
+    assert result.validation.figures()["n_validation_defect"] == 11                    # the other half
+
+
 def test_a_cancelled_retraining_writes_nothing(tiny_mvtec, tmp_path):
     registry = Registry(tmp_path / "models")
     with pytest.raises(TrainingCancelled):
@@ -138,6 +146,8 @@ def test_the_training_time_is_estimated_by_a_probe_on_this_machine(tiny_mvtec):
     slow = estimate_seconds(samples, method="eidn", preset="accurate", device="cpu")
     assert 0 < fast < slow < 600
     assert estimate_seconds(samples, method="ae", preset="fast", device="cpu") > 0
+    # AGAD on features paints nothing: fewer images than EIDN's head, which also learns from painted ones.
+    assert 0 < estimate_seconds(samples, method="agad_features", preset="accurate", device="cpu") < slow
 
 
 def test_the_command_line_retrains_through_the_same_service(tiny_mvtec, tmp_path, monkeypatch, capsys):

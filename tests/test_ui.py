@@ -346,6 +346,9 @@ def test_the_retraining_wizard_goes_from_samples_to_an_activated_model(qtbot, wi
     assert page.surface.isEnabled() and page.chosen_surface() == "auto"      # ... its surface chosen with them
     page.method.setCurrentIndex(page.method.findData("eidn"))
     assert not page.surface.isEnabled() and page.chosen_surface() == "parts"   # the memory bank's setting only
+    page.method.setCurrentIndex(page.method.findData("agad_features"))
+    qtbot.waitUntil(lambda: "min on this machine" in page.estimate.text(), timeout=60_000)
+    assert "No labelled defects" not in page.estimate.text()       # they are given: no caveat
     page.method.setCurrentIndex(page.method.findData("patchcore"))
     assert page.surface.isEnabled() and page.chosen_surface() == "auto"
     qtbot.waitUntil(lambda: "min on this machine" in wizard.method_page.estimate.text(), timeout=60_000)
@@ -457,3 +460,24 @@ def test_the_wizard_captures_good_samples_from_the_live_view(qtbot, tmp_path):
     qtbot.waitUntil(lambda: "3 good samples" in page.counter.text(), timeout=5_000)
     assert page.capture_button.text() == "Capture from the live view"       # it stopped by itself
     assert page.preview.pixmap() is not None and not page.preview.pixmap().isNull()
+
+
+def test_the_wizard_warns_that_agad_on_features_wants_labelled_defects(qtbot, tmp_path):
+    from conftest import write_mvtec
+
+    from inspector.modelstore.registry import Registry
+    from inspector.ui.wizard import RetrainWizard
+
+    data = write_mvtec(tmp_path / "line")
+    wizard = RetrainWizard(Registry(tmp_path / "models"), capture_dir=tmp_path / "captured")
+    qtbot.addWidget(wizard)
+    wizard.samples_page.goods.setText(str(data / "train" / "good"))            # goods only
+    qtbot.waitUntil(wizard.samples_page.isComplete, timeout=5_000)
+    wizard.next()
+    page = wizard.method_page
+    page.method.setCurrentIndex(page.method.findData("agad_features"))
+    qtbot.waitUntil(lambda: "min on this machine" in page.estimate.text(), timeout=60_000)
+    assert "No labelled defects are given" in page.estimate.text()
+    page.method.setCurrentIndex(page.method.findData("patchcore"))
+    qtbot.waitUntil(lambda: "min on this machine" in page.estimate.text(), timeout=60_000)
+    assert "No labelled defects" not in page.estimate.text()                    # the bank needs none

@@ -67,8 +67,12 @@ PRESETS = {
 METHODS = {
     "patchcore": "memory bank of good patches (no defects needed; given some, they choose its surface; the default)",
     "eidn": "triplet embedding (learns from labelled defects, else from synthetic ones)",
+    "agad_features": "adversarial reconstruction of features (AGAD; needs labelled defects: best on castings)",
     "ae": "convolutional autoencoder (good samples only)",
 }
+#: Methods whose figures rest on the labelled defects (README, Results: AGAD on features scores
+#: 0.985 on casting with 5 % labels and 0.773 without): the wizard says so when none are given.
+WANT_DEFECTS = {"agad_features"}
 
 
 def fitted_in_one_pass(method: str) -> bool:
@@ -272,7 +276,8 @@ def estimate_seconds(samples: Samples, *, method: str = "patchcore", preset: str
         per_image = (time.perf_counter() - t0) / len(probe)
         if cls.gradient_free:                       # + the coreset and calibration, once per fit
             return per_image * n * (1.0 + 0.3 * fits_for(surface, len(samples.defects) // 2))
-        images = min(n, HEAD_GOODS) + pseudo_count(min(n, HEAD_GOODS)) + n
+        painted = pseudo_count(min(n, HEAD_GOODS)) if detector.wants_pseudo_anomalies else 0
+        images = min(n, HEAD_GOODS) + painted + n
         steps = max(1, round(cls.defaults.epochs * p.epochs_share)) * cls.defaults.steps_per_epoch
         return per_image * images + 0.05 * steps
     detector = build_detector(cls, cls.defaults.size, 3, {}).to(dev)

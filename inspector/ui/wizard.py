@@ -41,6 +41,7 @@ from ..app.retrain import (
     METHODS,
     MIN_GOODS,
     PRESETS,
+    WANT_DEFECTS,
     RetrainResult,
     Samples,
     Validation,
@@ -234,8 +235,8 @@ class MethodPage(QWizardPage):
         self.seed.setRange(0, 10_000)
         inner = QFormLayout(advanced)
         inner.addRow("Random seed", self.seed)
-        self.seed.setVisible(False)
-        advanced.toggled.connect(self.seed.setVisible)
+        inner.setRowVisible(self.seed, False)               # the label with it
+        advanced.toggled.connect(lambda shown: inner.setRowVisible(self.seed, shown))
         form = QFormLayout(self)
         form.addRow("Method", self.method)
         form.addRow("Preset", self.preset)
@@ -274,12 +275,14 @@ class MethodPage(QWizardPage):
         key = (method, preset, surface)
         self._asked = key
         device = "GPU" if self.w.has_gpu else "CPU"
+        caveat = (" No labelled defects are given, and this method measured well below the memory bank without "
+                  "them." if method in WANT_DEFECTS and not samples.defects else "")
 
         def shown(seconds: float) -> None:
             if self._asked == key:
                 self.estimate.setText(f"About {max(1, round(seconds / 60))} min on this machine's {device} for "
                                       f"{len(samples.goods)} good samples (measured on two of them; the next page "
-                                      f"shows the real ETA).")
+                                      f"shows the real ETA).{caveat}")
 
         start_task(lambda: estimate_seconds(samples, method=method, preset=preset, surface=surface), shown,
                    lambda msg: self.estimate.setText(f"no estimate: {msg}"))
