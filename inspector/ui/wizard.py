@@ -425,7 +425,8 @@ class ValidatePage(QWizardPage):
             if len(scores):
                 counts, edges = np.histogram(scores, bins=bins)
                 self.histogram.addItem(pg.PlotCurveItem(edges, counts, stepMode="center", fillLevel=0,
-                                                        brush=colour, name=name))
+                                                        brush=colour, pen=pg.mkPen(colour[:3], width=2),
+                                                        name=name))    # the legend draws the pen
         self.histogram.addItem(pg.InfiniteLine(0.5, angle=90, pen=pg.mkPen("#e03131", style=Qt.DashLine)))
         while self.examples.count():
             self.examples.takeAt(0).widget().deleteLater()
