@@ -123,7 +123,9 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive_int, help="training epochs (default: the method's own)")
     p.add_argument("--steps-per-epoch", type=_positive_int, help="steps per epoch (default: the method's own)")
     p.add_argument("--batch-size", type=_positive_int, help="samples per step (default: the method's own)")
-    p.add_argument("--flips", action="store_true", help="augment training samples with random mirror images")
+    p.add_argument("--flips", action="store_true",
+                   help="augment training samples with random mirror images (the memory bank: cover each good "
+                        "image's three mirror images too, for parts that may lie turned or mirrored)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop training after this many seconds and keep what was learned")
     p.add_argument("--set", type=_hparam, action="append", default=[], metavar="KEY=VALUE", dest="hparams",
@@ -228,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for the memory bank: auto (default: fit both and keep the one the labelled defects "
                         "prefer; parts without defects), parts (castings, tiles, components) or texture (a "
                         "fine repeating texture with thin defects: brick, fabric, wood grain)")
+    p.add_argument("--mirror-images", action="store_true",
+                   help="for the memory bank: the parts may lie turned or mirrored (round castings, say), so it "
+                        "learns the good samples' mirror images too; leave it off where a mirrored part is a defect")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (default: CUDA GPU if present), cpu, cuda, cuda:N")
     p.add_argument("--name", help="the version's name in the registry")
@@ -432,7 +437,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     registry = Registry()
     try:
         result = retrain(samples, method=args.method, preset=args.preset, seed=args.seed, device=args.device,
-                         surface=args.surface, progress=ProgressBar())
+                         surface=args.surface, mirror_images=args.mirror_images, progress=ProgressBar())
     except RetrainError as exc:
         raise InputError(str(exc)) from None
     surface = describe_choice(result.trained.metadata["training"])

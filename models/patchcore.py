@@ -54,6 +54,16 @@ def sample_patches(normal: list[torch.Tensor], n: int, *, generator: torch.Gener
     return torch.cat(rows)
 
 
+def draw_cells(features: torch.Tensor, share: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform random ``share`` of the cells of one image's descriptors (D, h, w), as (D, 1, k): what
+    ``sample_patches`` would take from it, drawn before the next image's descriptors are computed, so
+    that a large pool of images never sits in memory whole."""
+    cells = features.flatten(1)
+    k = min(cells.shape[1], max(1, round(share * cells.shape[1])))
+    keep = torch.randperm(cells.shape[1], generator=generator)[:k].to(cells.device)
+    return cells[:, keep][:, None]
+
+
 def stage_weights(patches: torch.Tensor, channels: Sequence[int]) -> torch.Tensor:
     """Per descriptor channel, 1 / the RMS norm of its stage's block over ``patches`` (N, D)."""
     weights, start = [], 0

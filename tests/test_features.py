@@ -19,7 +19,7 @@ from inspector.learn.splits import make_split
 from inspector.modelstore.modelfile import load_model, save_model
 from models import patchcore
 from models.backbone import build_backbone
-from models.patchcore import greedy_coreset, nearest_distance, sample_patches, stage_weights
+from models.patchcore import draw_cells, greedy_coreset, nearest_distance, sample_patches, stage_weights
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,17 @@ def test_patches_are_sampled_uniformly_from_every_image_without_gathering_them_a
     picks = torch.cat([sample_patches(maps, 10, generator=g)[:, 0] for _ in range(300)])
     share = [((picks >= i * 1000) & (picks < i * 1000 + 100)).float().mean().item() for i in range(3)]
     assert share == pytest.approx([20 / 41, 12 / 41, 9 / 41], abs=0.03)       # in proportion to size
+
+
+def test_cells_are_drawn_from_one_image_in_its_share_each_once():
+    g = torch.Generator().manual_seed(0)
+    features = torch.arange(3 * 10 * 20, dtype=torch.float32).view(3, 10, 20)
+    drawn = draw_cells(features, 0.25, generator=g)
+    assert drawn.shape == (3, 1, 50)
+    cells = {tuple(c) for c in features.flatten(1).T.tolist()}
+    picked = [tuple(c) for c in drawn[:, 0].T.tolist()]
+    assert all(c in cells for c in picked) and len(set(picked)) == 50       # real cells, each once
+    assert draw_cells(features, 2.0, generator=g).shape == (3, 1, 200)        # never more than there are
 
 
 def test_stage_weights_give_every_stage_the_same_rms_norm():
@@ -204,6 +215,31 @@ def test_a_balanced_bank_weighs_its_stages_alike_and_keeps_the_weights_in_its_fi
     assert torch.equal(loaded.channel_weights, weights)
     x = torch.rand(1, 3, 64, 96) * 2 - 1
     assert torch.allclose(loaded.infer(x).maps, detector.infer(x).maps)
+
+
+def test_a_bank_trained_with_mirror_images_takes_a_mirrored_good_part_for_good(tmp_path):
+    rng = np.random.default_rng(3)
+
+    def one_way_up() -> np.ndarray:            # a part always seen with its dark edge on the left
+        img = cv2.resize(texture(rng, 64), (128, 96))
+        img[:, :36] //= 3
+        return img
+
+    (tmp_path / "train/good").mkdir(parents=True)
+    for i in range(24):
+        cv2.imwrite(str(tmp_path / "train/good" / f"{i:02d}.png"), one_way_up())
+    plain = train_model(TrainOptions(data=tmp_path, method="default", device="cpu", smoothing=1.0))
+    mirrored = train_model(TrainOptions(data=tmp_path, method="default", device="cpu", smoothing=1.0, flips=True,
+                                        hparams={"max_patches": 1500}))
+    assert mirrored.metadata["training"]["flips"] is True and plain.metadata["training"]["flips"] is False
+    # Four views of 12 training goods, 192 cells each, thinned as they came to about the 1500 sampled.
+    assert abs(mirrored.report.last_losses["patches"] - 1500) <= 12 * 4
+    good = one_way_up()
+    frames = [Frame(good, "good", 0, 0.0), Frame(np.ascontiguousarray(good[:, ::-1]), "turned", 1, 0.0)]
+    ok, turned = plain.inspector().inspect_batch(frames)
+    assert ok.verdict == "OK" and turned.verdict == "NG"
+    ok, turned = mirrored.inspector().inspect_batch(frames)
+    assert ok.verdict == "OK" and turned.verdict == "OK"
 
 
 def test_a_bank_file_from_before_stage_weights_loads_unweighted():

@@ -64,6 +64,8 @@ def test_a_texture_surface_weighs_the_stages_alike_and_leaves_the_map_unsmoothed
         retrain(samples_of(tiny_mvtec), surface="glass", device="cpu")
     with pytest.raises(RetrainError, match="for the memory bank"):
         retrain(samples_of(tiny_mvtec), method="eidn", surface="texture", device="cpu")
+    with pytest.raises(RetrainError, match="mirror images are for the memory bank"):
+        retrain(samples_of(tiny_mvtec), method="eidn", mirror_images=True, device="cpu")
 
 
 def test_auto_surface_keeps_the_fit_the_training_defects_prefer(tiny_mvtec):

@@ -344,19 +344,23 @@ def test_the_retraining_wizard_goes_from_samples_to_an_activated_model(qtbot, wi
     page = wizard.method_page
     assert page.method.currentData() == "patchcore"                 # defects or not: the bank, measured best
     assert page.surface.isEnabled() and page.chosen_surface() == "auto"      # ... its surface chosen with them
+    page.mirror.setChecked(True)
     page.method.setCurrentIndex(page.method.findData("eidn"))
     assert not page.surface.isEnabled() and page.chosen_surface() == "parts"   # the memory bank's setting only
+    assert not page.mirror.isEnabled() and not page.mirror_images()           # ... and so are mirror images
     page.method.setCurrentIndex(page.method.findData("agad_features"))
     qtbot.waitUntil(lambda: "min on this machine" in page.estimate.text(), timeout=60_000)
     assert "No labelled defects" not in page.estimate.text()       # they are given: no caveat
     page.method.setCurrentIndex(page.method.findData("patchcore"))
-    assert page.surface.isEnabled() and page.chosen_surface() == "auto"
+    assert page.surface.isEnabled() and page.chosen_surface() == "auto" and page.mirror.isEnabled()
+    page.mirror.setChecked(True)
     qtbot.waitUntil(lambda: "min on this machine" in wizard.method_page.estimate.text(), timeout=60_000)
     wizard.next()
     qtbot.waitUntil(wizard.train_page.isComplete, timeout=120_000)
     assert "Trained in" in wizard.train_page.message.text()
     assert "Surface: " in wizard.train_page.message.text() and "chosen with 5 labelled defects" in \
         wizard.train_page.message.text()                          # all of the training half of the 10 chose
+    assert "mirror images too" in wizard.train_page.message.text()
     wizard.next()
     assert "new model" in wizard.validate_page.figures.text() and "active model" in wizard.validate_page.figures.text()
     assert wizard.validate_page.examples.count() > 0

@@ -25,6 +25,7 @@ import torch
 
 import models
 from models import Detector
+from models.patchcore import draw_cells
 
 from ..base.errors import InspectorError
 from ..base.progress import Progress, ProgressCallback
@@ -155,6 +156,42 @@ def _good_features(detector: Detector, opts: TrainOptions, paths: Sequence[Path]
     return goods, whole_images(detector, detector.features, goods.images, progress=progress, stage="features")
 
 
+#: A memory bank trained with ``flips`` also covers each good image's mirror images: left-right,
+#: up-down and both.
+MIRRORS: tuple[Callable[[np.ndarray], np.ndarray], ...] = (
+    lambda im: im[:, ::-1], lambda im: im[::-1], lambda im: im[::-1, ::-1])
+#: Mirror images whose descriptors are computed at once, before they are thinned.
+MIRROR_CHUNK = 32
+
+
+def _with_mirror_images(detector: Detector, images: list[np.ndarray], features: list[torch.Tensor], seed: int,
+                        progress: ProgressCallback | None) -> list[torch.Tensor]:
+    """The descriptors a bank trained with ``flips`` draws from: the good images' and their mirror
+    images', each image's cells thinned as they come to the share the bank samples (so that four
+    times the descriptors never sit in memory at once).
+
+    Why an option: measured on validation splits cut from ``train/`` (seed 0, 300 goods, image AUROC
+    at the default smoothing), mirror images help a part that lies turned any way round — casting's
+    impellers 0.929 -> 0.955 — and not a surface seen one way up: brickwork 0.926 -> 0.929, magnetic
+    tile 0.886 -> 0.870.  And a bank that has seen mirror images cannot tell a part that is mirrored
+    or upside down, which on some lines is the defect.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    views = 1 + len(MIRRORS)
+    share = min(1.0, detector.max_patches / (views * sum(f[0].numel() for f in features)))
+    pool = [draw_cells(f, share, generator=generator) for f in features]
+    total, done = len(MIRRORS) * len(images), 0
+    for mirror in MIRRORS:
+        for start in range(0, len(images), MIRROR_CHUNK):
+            chunk = [np.ascontiguousarray(mirror(im)) for im in images[start:start + MIRROR_CHUNK]]
+            pool += [draw_cells(f, share, generator=generator)
+                     for f in whole_images(detector, detector.features, chunk)]
+            done += len(chunk)
+            if progress is not None:
+                progress(Progress("features (mirror images)", done, total))
+    return pool
+
+
 #: The good images' descriptors of one fit, kept for the next fit of the same images and backbone
 #: (``surface=auto`` fits the bank once per surface): key -> (goods, descriptors).
 FeatureCache = dict
@@ -162,20 +199,23 @@ FeatureCache = dict
 
 def _feature_key(detector: Detector, opts: TrainOptions, paths: Sequence[Path]) -> tuple:
     hp = detector.hparams()
-    return (tuple(paths), opts.scale, opts.backbone_weights, hp["backbone"], tuple(hp["stages"]), hp["pool"])
+    return (tuple(paths), opts.scale, opts.backbone_weights, hp["backbone"], tuple(hp["stages"]), hp["pool"],
+            opts.flips, opts.seed if opts.flips else None)
 
 
 def _fit_features(detector: Detector, opts: TrainOptions, split: Split, channels: int,
                   progress: ProgressCallback | None, cache: FeatureCache | None = None
                   ) -> tuple[TrainReport, dict[str, Any], None]:
-    """A memory bank: the backbone's features of each good image, computed once (or taken from
-    ``cache``), and the bank fitted on them."""
+    """A memory bank: the backbone's features of each good image (and with ``flips`` of its mirror
+    images), computed once (or taken from ``cache``), and the bank fitted on them."""
     t0 = time.perf_counter()
     key = _feature_key(detector, opts, split.train_good)
     if cache is not None and key in cache:
         goods, features = cache[key]
     else:
         goods, features = _good_features(detector, opts, split.train_good, channels, progress)
+        if opts.flips:
+            features = _with_mirror_images(detector, goods.images, features, opts.seed, progress)
         if cache is not None:
             cache[key] = goods, features
     info = detector.fit_features([f.to(detector.device) for f in features],
@@ -324,7 +364,7 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
     if fully_convolutional:
         training["backbone_weights"] = str(opts.backbone_weights) if opts.backbone_weights else "shipped"
     if applies_to(opts.method):
-        training["surface"] = opts.surface
+        training |= {"surface": opts.surface, "flips": opts.flips}
     metadata = build_metadata(detector, calibration, training=training)
     if inspection:
         metadata["inspection"] = inspection
@@ -457,7 +497,7 @@ def bench(opts: TrainOptions, *, progress: ProgressCallback | None = None,
         "device": t["device"], "seed": opts.seed, "hparams": trained.detector.hparams(),
         "skipped_files": t["skipped_files"] + metrics["test_skipped_files"],
     }
-    result |= {k: t[k] for k in ("surface", "surface_choice") if k in t}
+    result |= {k: t[k] for k in ("surface", "surface_choice", "flips") if k in t}
     trained.metadata["metrics"] = {k: result[k] for k in ("image_auroc", "pixel_auroc", "false_alarm_rate", "recall")}
     return trained, result
 

@@ -30,7 +30,7 @@ from ..learn.training import TrainingCancelled
 from ..modelstore.modelfile import save_model
 from ..modelstore.registry import Registry, Version
 from .jobs import TrainedModel, TrainOptions, inspect_files, train_model
-from .surfaces import AUTO, applies_to, check_surface, fits_for
+from .surfaces import AUTO, SURFACE_METHODS, applies_to, check_surface, fits_for
 
 #: Fewer good samples than this cannot be shared out into training, calibration and validation.
 MIN_GOODS = 20
@@ -199,11 +199,13 @@ class RetrainResult:
 
 
 def retrain(samples: Samples, *, method: str = "patchcore", preset: str = "balanced", seed: int = 0,
-            device: str = "auto", surface: str | None = None, progress: ProgressCallback | None = None,
+            device: str = "auto", surface: str | None = None, mirror_images: bool = False,
+            progress: ProgressCallback | None = None,
             should_cancel: Callable[[], bool] | None = None) -> RetrainResult:
     """Train on the samples with a preset (and, for the memory bank, a surface: by default chosen with
-    the training share of the labelled defects, ``auto``) and validate on the held-out ones; nothing
-    is written."""
+    the training share of the labelled defects, ``auto``; and with ``mirror_images``, for parts that
+    may lie turned or mirrored, the good samples' mirror images too) and validate on the held-out
+    ones; nothing is written."""
     if preset not in PRESETS:
         raise RetrainError(f"unknown preset {preset!r}: {', '.join(PRESETS)}")
     if surface is None:
@@ -211,6 +213,8 @@ def retrain(samples: Samples, *, method: str = "patchcore", preset: str = "balan
     problem = check_surface(surface, method)
     if problem:
         raise RetrainError(problem)
+    if mirror_images and not applies_to(method):
+        raise RetrainError(f"mirror images are for the memory bank ({', '.join(SURFACE_METHODS)}), not {method!r}")
     p = PRESETS[preset]
     shares = plan(samples, seed)
     t0 = time.perf_counter()
@@ -232,7 +236,7 @@ def retrain(samples: Samples, *, method: str = "patchcore", preset: str = "balan
         opts.epochs = max(1, round(cls.defaults.epochs * p.epochs_share))
     if cls.defaults.size is None and not cls.gradient_free:
         opts.epochs = max(1, round(cls.defaults.epochs * p.epochs_share))
-    opts.surface = surface
+    opts.surface, opts.flips = surface, mirror_images
     try:
         trained = train_model(opts, dataset=shares.dataset, progress=report, should_cancel=should_cancel)
         validation = validate(trained.inspector(), shares.held_goods, shares.held_defects, progress=report)
@@ -244,7 +248,7 @@ def retrain(samples: Samples, *, method: str = "patchcore", preset: str = "balan
 
 
 def estimate_seconds(samples: Samples, *, method: str = "patchcore", preset: str = "balanced",
-                     device: str = "auto", surface: str = "parts") -> float:
+                     device: str = "auto", surface: str = "parts", mirror_images: bool = False) -> float:
     """Training time on this machine and device, from a probe: the backbone (or, for a tile method,
     a few training steps) timed on two of the samples, scaled to the images and steps the run will
     take.  Rough (decoding, calibration and the coreset are estimated with the backbone's figure)."""
@@ -256,7 +260,7 @@ def estimate_seconds(samples: Samples, *, method: str = "patchcore", preset: str
     from ..detect.scoring import whole_images
     from ..learn.backbones import pretrained_backbone
     from ..learn.datasets import load_images
-    from .jobs import HEAD_GOODS, build_detector, pseudo_count
+    from .jobs import HEAD_GOODS, MIRRORS, build_detector, pseudo_count
 
     cls = models.get_method(method)
     p = PRESETS[preset]
@@ -275,7 +279,8 @@ def estimate_seconds(samples: Samples, *, method: str = "patchcore", preset: str
         whole_images(detector, detector.features, probe)
         per_image = (time.perf_counter() - t0) / len(probe)
         if cls.gradient_free:                       # + the coreset and calibration, once per fit
-            return per_image * n * (1.0 + 0.3 * fits_for(surface, len(samples.defects) // 2))
+            views = 1 + len(MIRRORS) if mirror_images else 1
+            return per_image * n * (views + 0.3 * fits_for(surface, len(samples.defects) // 2))
         painted = pseudo_count(min(n, HEAD_GOODS)) if detector.wants_pseudo_anomalies else 0
         images = min(n, HEAD_GOODS) + painted + n
         steps = max(1, round(cls.defaults.epochs * p.epochs_share)) * cls.defaults.steps_per_epoch

@@ -70,14 +70,16 @@ def fits_for(surface: str, n_defects: int) -> int:
 
 
 def describe_choice(training: dict) -> str | None:
-    """The surface a model was trained with, and why, in a sentence for the operator (None: no surface)."""
+    """The surface a model was trained with, and why (and whether it learned mirror images), in a
+    sentence for the operator (None: no surface)."""
     surface, choice = training.get("surface"), training.get("surface_choice")
     if surface is None:
         return None
+    mirrored = " It learned the good samples' mirror images too." if training.get("flips") else ""
     if choice is None:
-        return f"Surface: {surface}."
+        return f"Surface: {surface}.{mirrored}"
     if "auroc" not in choice:
-        return f"Surface: {surface} ({choice['reason']})."
+        return f"Surface: {surface} ({choice['reason']}).{mirrored}"
     others = ", ".join(f"{name} {value:.3f}" for name, value in choice["auroc"].items() if name != surface)
     return (f"Surface: {surface}, chosen with {choice['n_defects']} labelled defects (AUROC "
-            f"{choice['auroc'][surface]:.3f}; {others}).")
+            f"{choice['auroc'][surface]:.3f}; {others}).{mirrored}")

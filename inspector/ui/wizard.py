@@ -70,10 +70,10 @@ class RetrainWorker(QObject):
     cancelled = Signal()
 
     def __init__(self, samples: Samples, method: str, preset: str, seed: int, registry: Registry,
-                 current_model: Path | None = None, surface: str | None = None) -> None:
+                 current_model: Path | None = None, surface: str | None = None, mirror_images: bool = False) -> None:
         super().__init__()
         self.samples, self.method, self.preset, self.seed, self.registry = samples, method, preset, seed, registry
-        self.current_model, self.surface = current_model, surface
+        self.current_model, self.surface, self.mirror_images = current_model, surface, mirror_images
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -83,7 +83,8 @@ class RetrainWorker(QObject):
     def run(self) -> None:
         try:
             result = retrain(self.samples, method=self.method, preset=self.preset, seed=self.seed,
-                             surface=self.surface, progress=self.progress.emit, should_cancel=self._cancel.is_set)
+                             surface=self.surface, mirror_images=self.mirror_images, progress=self.progress.emit,
+                             should_cancel=self._cancel.is_set)
             self.finished.emit(result, compare_active(result, self.registry, fallback=self.current_model))
         except TrainingCancelled:
             self.cancelled.emit()
@@ -226,6 +227,12 @@ class MethodPage(QWizardPage):
                                 "stage as much as its deep one and does not smooth the map. Auto fits both "
                                 "and keeps the one that tells the labelled defects from good parts best "
                                 "(a second fit of the bank, on the same features)")
+        self.mirror = QCheckBox("Parts may lie turned or mirrored (round castings, say): learn the good "
+                                "samples' mirror images too")
+        self.mirror.setToolTip("For the memory bank. Measured on round castings it finds more defects; on a "
+                               "surface always seen one way up it does not help. Leave it off where a mirrored "
+                               "or upside-down part is itself a defect: the bank would take it for good. "
+                               "Training reads four times the images.")
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
         advanced = QGroupBox("Advanced")
@@ -241,22 +248,30 @@ class MethodPage(QWizardPage):
         form.addRow("Method", self.method)
         form.addRow("Preset", self.preset)
         form.addRow("Surface", self.surface)
+        form.addRow("", self.mirror)
         form.addRow("", self.estimate)
         form.addRow(advanced)
-        self._asked: tuple[str, str] | None = None
+        self._asked: tuple[str, str, str, bool] | None = None
         self.method.currentIndexChanged.connect(self._estimate)
         self.method.currentIndexChanged.connect(self._surface_applies)
         self.preset.currentIndexChanged.connect(self._estimate)
         self.surface.currentIndexChanged.connect(self._estimate)
+        self.mirror.toggled.connect(self._estimate)
 
     def _surface_applies(self) -> None:
         """The surface is the memory bank's setting: other methods train as they always do."""
         applies = self.method.currentData() in SURFACE_METHODS
         self.surface.setEnabled(applies)
         self.surface.setCurrentIndex(self.surface.findData(AUTO if applies else "parts"))
+        self.mirror.setEnabled(applies)
+        if not applies:
+            self.mirror.setChecked(False)
 
     def chosen_surface(self) -> str:
         return self.surface.currentData()       # "parts" whenever the method is not the bank
+
+    def mirror_images(self) -> bool:
+        return self.mirror.isChecked()          # False whenever the method is not the bank
 
     def initializePage(self) -> None:  # noqa: N802
         # The memory bank whether or not there are defects: with 5 % labels it measured above EIDN and
@@ -269,10 +284,11 @@ class MethodPage(QWizardPage):
         """Measured on this machine: a probe times the backbone (or a few training steps) in the background."""
         samples = self.w.samples_page.samples()
         method, preset, surface = self.method.currentData(), self.preset.currentData(), self.chosen_surface()
+        mirror = self.mirror_images()
         if not samples.goods:
             return
         self.estimate.setText("estimating the training time on this machine…")
-        key = (method, preset, surface)
+        key = (method, preset, surface, mirror)
         self._asked = key
         device = "GPU" if self.w.has_gpu else "CPU"
         caveat = (" No labelled defects are given, and this method measured well below the memory bank without "
@@ -284,7 +300,8 @@ class MethodPage(QWizardPage):
                                       f"{len(samples.goods)} good samples (measured on two of them; the next page "
                                       f"shows the real ETA).{caveat}")
 
-        start_task(lambda: estimate_seconds(samples, method=method, preset=preset, surface=surface), shown,
+        start_task(lambda: estimate_seconds(samples, method=method, preset=preset, surface=surface,
+                                            mirror_images=mirror), shown,
                    lambda msg: self.estimate.setText(f"no estimate: {msg}"))
 
 
@@ -321,7 +338,8 @@ class TrainPage(QWizardPage):
         self.loss_plot.setTitle("No loss to plot: the memory bank is fitted in one pass"
                                 if fitted_in_one_pass(method) else "Training loss")
         self.worker = RetrainWorker(w.samples_page.samples(), method, preset, w.method_page.seed.value(), w.registry,
-                                    w.current_model, w.method_page.chosen_surface())
+                                    w.current_model, w.method_page.chosen_surface(),
+                                    w.method_page.mirror_images())
         self.worker.progress.connect(self._progress)
         self.worker.finished.connect(self._finished)
         self.worker.failed.connect(self._failed)
