@@ -1,7 +1,7 @@
 """Choosing the memory bank's settings on a validation split cut from train/ (test/ is never read).
 
     python benchmarks/patchcore_validation.py SET [--scales 1.0,0.5] [--stages 3,6 2,4 ...]
-        [--banks 2048,8192] [--pool N] [--balance]
+        [--banks 2048,8192] [--pool N] [--balance] [--flips]
 
 For each scale and stage set, fits banks on up to 300 of the split's training goods (features
 computed once) with the model's own fit, then prints the validation image AUROC for each bank size
@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import models  # noqa: E402
+from inspector.app.jobs import MIRRORS  # noqa: E402
 from inspector.detect.pipeline import smooth_map  # noqa: E402
 from inspector.detect.scoring import whole_images  # noqa: E402
 from inspector.learn.backbones import pretrained_backbone  # noqa: E402
@@ -44,6 +45,8 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=50_000, help="patches sampled before the coreset")
     parser.add_argument("--balance", action="store_true",
                         help="scale each stage's channels to the same RMS norm over the training patches")
+    parser.add_argument("--flips", action="store_true",
+                        help="the bank also learns the training goods' three mirror images (train --flips)")
     args = parser.parse_args()
     dataset = discover(REPO.parent / "shared" / "data" / args.set)
     split = make_split(dataset, anomaly_fraction=0.0, rng=np.random.default_rng(0), protocol="validation",
@@ -52,6 +55,8 @@ def main() -> None:
     is_defect = np.array([item.is_defect for item in split.evaluation])
     for scale in args.scales:
         train_images = load_images(split.train_good[:300], scale=scale, channels=channels).images
+        if args.flips:
+            train_images += [np.ascontiguousarray(mirror(im)) for mirror in MIRRORS for im in train_images]
         held_images = load_images([item.path for item in split.evaluation], scale=scale, channels=channels).images
         for stages in args.stages:
             detector = models.create("patchcore", channels=channels, stages=stages)
@@ -62,8 +67,8 @@ def main() -> None:
             train = whole_images(detector, detector.features, train_images)
             seconds = time.perf_counter() - t0
             held = whole_images(detector, detector.features, held_images)
-            print(f"{args.set} scale={scale} stages={stages} balance={args.balance}: "
-                  f"{len(train)} training goods, {sum(f[0].numel() for f in train)} patches, "
+            print(f"{args.set} scale={scale} stages={stages} balance={args.balance} flips={args.flips}: "
+                  f"{len(train)} training images, {sum(f[0].numel() for f in train)} patches, "
                   f"features {seconds:.1f} s; validation {len(held)} images, {int(is_defect.sum())} defective",
                   flush=True)
             # The model's own fit (sampling, stage weights, coreset), a bank size at a time.

@@ -229,9 +229,10 @@ class MethodPage(QWizardPage):
                                 "(a second fit of the bank, on the same features)")
         self.mirror = QCheckBox("Parts may lie turned or mirrored (round castings, say): learn the good "
                                 "samples' mirror images too")
-        self.mirror.setToolTip("For the memory bank. Measured on round castings it finds more defects; on a "
-                               "surface always seen one way up it does not help. Leave it off where a mirrored "
-                               "or upside-down part is itself a defect: the bank would take it for good. "
+        self.mirror.setToolTip("For the memory bank. With 300 good samples of a round casting it told defects "
+                               "from good parts better (AUROC 0.955 against 0.929); with over a thousand it made "
+                               "no difference, nor on surfaces always seen one way up. Leave it off where a "
+                               "mirrored or upside-down part is itself a defect: the bank would take it for good. "
                                "Training reads four times the images.")
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
