@@ -1,9 +1,9 @@
 """Choosing the memory bank's settings on a validation split cut from train/ (test/ is never read).
 
     python benchmarks/patchcore_validation.py SET [--scales 1.0,0.5] [--stages 3,6 2,4 ...]
-        [--banks 2048,8192] [--pool N] [--balance] [--flips]
+        [--banks 2048,8192] [--pool N] [--balance] [--flips] [--goods 300] [--split-seed 0]
 
-For each scale and stage set, fits banks on up to 300 of the split's training goods (features
+For each scale and stage set, fits banks on up to ``--goods`` of the split's training goods (features
 computed once) with the model's own fit, then prints the validation image AUROC for each bank size
 and map smoothing.  Seed 0, one split: indicative (one seed moves by about
 0.02 here); ``bench --seeds`` measures the settings chosen.
@@ -45,16 +45,18 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=50_000, help="patches sampled before the coreset")
     parser.add_argument("--balance", action="store_true",
                         help="scale each stage's channels to the same RMS norm over the training patches")
+    parser.add_argument("--goods", type=int, default=300, help="training goods the bank sees, at most")
+    parser.add_argument("--split-seed", type=int, default=0, help="the seed that cuts the validation split")
     parser.add_argument("--flips", action="store_true",
                         help="the bank also learns the training goods' three mirror images (train --flips)")
     args = parser.parse_args()
     dataset = discover(REPO.parent / "shared" / "data" / args.set)
-    split = make_split(dataset, anomaly_fraction=0.0, rng=np.random.default_rng(0), protocol="validation",
+    split = make_split(dataset, anomaly_fraction=0.0, rng=np.random.default_rng(args.split_seed), protocol="validation",
                        learns_from_defects=False)
     channels = detect_channels(dataset.train_good)
     is_defect = np.array([item.is_defect for item in split.evaluation])
     for scale in args.scales:
-        train_images = load_images(split.train_good[:300], scale=scale, channels=channels).images
+        train_images = load_images(split.train_good[:args.goods], scale=scale, channels=channels).images
         if args.flips:
             train_images += [np.ascontiguousarray(mirror(im)) for mirror in MIRRORS for im in train_images]
         held_images = load_images([item.path for item in split.evaluation], scale=scale, channels=channels).images
