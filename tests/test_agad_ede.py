@@ -115,6 +115,10 @@ def test_ede_losses_on_hand_made_tensors():
     assert l2.item() == pytest.approx(rec2 / 4 + 0.75 * adv)               # ... EDE2 tries to fool it
     l1, l2 = ede_losses(x, p, epoch=4, adversarial=False)
     assert (l1.item(), l2.item()) == pytest.approx((rec1, rec2))
+    l1, l2 = ede_losses(x, p, epoch=4, margin=0.05)                         # EDE1's gain bounded ...
+    assert l1.item() == pytest.approx(rec1 / 4 - 0.75 * 0.05)
+    assert l2.item() == pytest.approx(rec2 / 4 + 0.75 * adv)                # ... EDE2's loss is not
+    assert ede_losses(x, p, epoch=4, margin=1.0)[0].item() == pytest.approx(rec1 / 4 - 0.75 * adv)
 
 
 class _RecordGradients:
@@ -137,9 +141,29 @@ def _grads(loss, params):
                             strict=True)]
 
 
+def test_ede_past_its_margin_the_first_decoder_only_reconstructs():
+    torch.manual_seed(0)
+    det = models.create("ede", size=16, channels=1, margin=1e-6)
+    det.optimizers = [_RecordGradients(det)]
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    det.training_step(TrainBatch(x, data_pass=4), epoch=1, epochs=1)
+    d1 = [(n, p) for n, p in det.named_parameters() if n.startswith("D1.")]
+    r1, _ = ede_losses(x, det.passes(x), 4, beta=det.beta, adversarial=False)
+    for (_, param), want in zip(d1, _grads(r1 / 4, [p for _, p in d1]), strict=True):
+        assert torch.allclose(param.grad, want, atol=1e-7)
+    unbounded = models.create("ede", size=16, channels=1, margin=None)
+    unbounded.load_state_dict(det.state_dict())
+    unbounded.optimizers = [_RecordGradients(unbounded)]
+    unbounded.training_step(TrainBatch(x, data_pass=4), epoch=1, epochs=1)
+    assert not all(torch.allclose(p.grad, q.grad, atol=1e-7) for (n, p), q in
+                   zip(d1, [q for m, q in unbounded.named_parameters() if m.startswith("D1.")], strict=True))
+    with pytest.raises(ValueError, match="margin"):
+        models.create("ede", margin=0)
+
+
 def test_ede_joint_update_leaves_the_adversarial_game_to_the_decoders():
     torch.manual_seed(0)
-    det = models.create("ede", size=16, channels=1)
+    det = models.create("ede", size=16, channels=1, margin=None, beta=1.0)     # the paper's unbounded game
     det.optimizers = [_RecordGradients(det)]
     x = torch.rand(4, 1, 16, 16) * 2 - 1
     det.training_step(TrainBatch(x, data_pass=4), epoch=1, epochs=1)
@@ -189,9 +213,11 @@ def test_ede_score_weight_is_a_knob_at_scoring_time():
     x = torch.rand(4, 1, 16, 16) * 2 - 1
     with torch.no_grad():
         p = det.eval().passes(x)
-    # the default: EDE2's image error, as its difference map shows it
+    # the default: the image error after both paths, as its difference map shows it
+    assert torch.allclose(det.infer(x).scores, (x - p.x1p).pow(2).flatten(1).mean(1), atol=1e-6)
+    assert torch.allclose(det.infer(x).maps, (x - p.x1p).abs(), atol=1e-6)
+    det.score_w1 = 1.0                               # EDE2's reconstruction error
     assert torch.allclose(det.infer(x).scores, (x - p.x2).pow(2).flatten(1).mean(1), atol=1e-6)
-    assert torch.allclose(det.infer(x).maps, (x - p.x2).abs(), atol=1e-6)
     det.score_space = "latent"                       # the paper's A(x), weighed by the knob
     det.score_w1 = 1.0
     assert torch.allclose(det.infer(x).scores, (p.z - p.z2).pow(2).flatten(1).mean(1), atol=1e-6)
