@@ -10,7 +10,6 @@ read), then scores the validation images with the same network both ways and wit
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,14 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from inspector.app.jobs import TrainOptions, evaluate, train_model  # noqa: E402
-
-
-def _hparam(text: str) -> tuple[str, object]:
-    key, _, value = text.partition("=")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+from inspector.cli import parse_hparam  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +25,7 @@ def main() -> None:
     p.add_argument("set")
     p.add_argument("seeds", nargs="*", type=int, default=[0])
     p.add_argument("--size", type=int)
-    p.add_argument("--set", dest="hparams", type=_hparam, action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="hparams", type=parse_hparam, action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     for seed in args.seeds:
         trained = train_model(TrainOptions(data=REPO.parent / "shared" / "data" / args.set, method="ede", seed=seed,

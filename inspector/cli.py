@@ -97,7 +97,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _hparam(text: str) -> tuple[str, Any]:
+def parse_hparam(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError("expected KEY=VALUE")
@@ -128,7 +128,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                         "image's three mirror images too, for parts that may lie turned or mirrored)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop training after this many seconds and keep what was learned")
-    p.add_argument("--set", type=_hparam, action="append", default=[], metavar="KEY=VALUE", dest="hparams",
+    p.add_argument("--set", type=parse_hparam, action="append", default=[], metavar="KEY=VALUE", dest="hparams",
                    help="a method hyper-parameter, e.g. --set embedding_dim=8 (repeatable; see 'models')")
     p.add_argument("--false-alarm-rate", type=_fraction, default=0.01,
                    help="calibrate the threshold to this false-alarm rate on held-out goods (default 0.01)")
