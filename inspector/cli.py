@@ -142,6 +142,11 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone-weights", type=Path, metavar="FILE",
                    help="ImageNet weights for a torchvision backbone (--set backbone=wide_resnet50_2); "
                         "efficientnet_lite0's ship with Inspector")
+    p.add_argument("--tile", type=_positive_int, metavar="N",
+                   help="tile methods: train on N x N pixel tiles cut from the images, and inspect them so (the "
+                        "model file keeps the tiling; default: each image whole, as one tile, at --size)")
+    p.add_argument("--stride", type=_positive_int, metavar="N",
+                   help="with --tile: the tile step in pixels (default: the tile size)")
     p.add_argument("--surface", default="parts", metavar="S",
                    help="the memory bank (patchcore): parts (default; castings, tiles, components), texture (a "
                         "fine repeating texture with thin defects: brick, fabric) or auto (fit both, keep the "
@@ -334,7 +339,7 @@ def _options(args: argparse.Namespace):
                         flips=args.flips, time_budget_s=args.time_budget, hparams=dict(args.hparams),
                         false_alarm_rate=args.false_alarm_rate, scale=args.scale, smoothing=args.smoothing,
                         backbone_weights=args.backbone_weights, protocol=getattr(args, "protocol", "test"),
-                        surface=args.surface)
+                        surface=args.surface, tile=args.tile, stride=args.stride)
 
 
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:

@@ -89,6 +89,39 @@ def test_eval_needs_only_the_test_split(tiny_mvtec, tiny_model, tmp_path, capsys
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("image_auroc=")
 
 
+def test_a_tile_model_trains_calibrates_and_inspects_on_one_grid(tiny_mvtec, tmp_path, capsys):
+    from inspector.app.inspection import InspectorSettings, load_inspector
+    from inspector.frames.images import read_image
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--data", str(tiny_mvtec), "--method", "ae", "--tile", "24", "--stride", "12",
+                 "--json", str(out), *FAST]) == 0
+    result = json.loads(out.read_text())
+    # 48-pixel images on a 24-pixel grid every 12 pixels: 9 tiles each, scored per tile on test too
+    assert result["tile"] == 24 and result["stride"] == 12 and result["size"] == 32
+    assert result["n_train_tiles"] == 9 * result["n_train_good"]
+    assert 0.0 <= result["pixel_auroc"] <= 1.0
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(tiny_mvtec), "--method", "ae", "--tile", "24", "--out", str(model),
+                 *FAST]) == 0
+    inspector, _ = load_inspector(model, InspectorSettings(device="cpu"))
+    assert (inspector.tile, inspector.stride) == (24, None)                # the file keeps its tiling
+    frame = read_image(next((tiny_mvtec / "test" / "good").iterdir()))
+    assert len(inspector.grid(frame.shape[:2])) == 4
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--method", "default", "--tile", "64"], "--tile and --stride apply to tile methods"),
+    (["--method", "ae", "--stride", "8"], "--stride needs --tile"),
+    (["--method", "agad", "--tile", "24", "--anomaly-fraction", "0.1"], "an image label, not a place"),
+])
+def test_tiling_that_cannot_apply_exit_2_and_write_nothing(tiny_mvtec, tmp_path, capsys, args, says):
+    model = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(tiny_mvtec), "--out", str(model), *args]) == 2
+    assert says in capsys.readouterr().err
+    assert not model.exists()
+
+
 def test_missing_training_images_exit_2_and_write_nothing(tmp_path, capsys):
     (tmp_path / "set" / "train" / "good").mkdir(parents=True)
     model = tmp_path / "m.safetensors"

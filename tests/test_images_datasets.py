@@ -10,6 +10,7 @@ from inspector.learn.datasets import (
     defects_for_fraction,
     detect_channels,
     discover,
+    load_grid_tiles,
     load_tiles,
     split_holdout,
 )
@@ -69,6 +70,26 @@ def test_unreadable_images_are_skipped_named_and_counted(tiny_mvtec, caplog):
     assert len(loaded.tiles) == len(paths) - 1
     assert [p for p, _ in loaded.errors] == [bad]
     assert "broken.png" in caplog.text and "1 of 41 images" in caplog.text
+
+
+def test_grid_tiles_are_the_tiles_inspection_cuts(tmp_path):
+    from inspector.detect.tiling import cut_tiles, plan_grid
+
+    rng = np.random.default_rng(0)
+    wide, small = tmp_path / "wide.png", tmp_path / "small.png"
+    cv2.imwrite(str(wide), rng.integers(0, 255, (40, 100, 3), dtype=np.uint8))
+    cv2.imwrite(str(small), rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    loaded = load_grid_tiles([wide, tmp_path / "broken.png", small], size=8, tile=20, stride=20, channels=1,
+                             max_tiles=1000)
+    grid = plan_grid((40, 100), 8, tile=20, stride=20)
+    expected = cut_tiles(read_image(wide), grid, 1)
+    assert len(grid) == 10 and loaded.tiles.shape == (11, 8, 8, 1)        # 2 x 5 tiles, and one of the
+    assert np.array_equal(loaded.tiles[:10], expected)                     # small image, its side a tile
+    assert loaded.paths == [wide] * 10 + [small] and [p.name for p, _ in loaded.errors] == ["broken.png"]
+    thinned = load_grid_tiles([wide, small], size=8, tile=20, stride=20, channels=1, max_tiles=6)
+    assert len(thinned.tiles) == 4                                          # 3 of wide's 10, spread out
+    assert np.array_equal(thinned.tiles[:3], expected[[0, 4, 9]])
 
 
 def test_channels_are_detected(tiny_mvtec, tmp_path):

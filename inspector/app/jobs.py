@@ -36,7 +36,16 @@ from ..detect.scoring import whole_images
 from ..frames.frame import Frame
 from ..frames.images import ImageReadError, decode_workers, read_image, read_mask
 from ..learn.backbones import pretrained_backbone
-from ..learn.datasets import DatasetError, MVTecSet, TestItem, detect_channels, discover, load_images, load_tiles
+from ..learn.datasets import (
+    DatasetError,
+    MVTecSet,
+    TestItem,
+    detect_channels,
+    discover,
+    load_grid_tiles,
+    load_images,
+    load_tiles,
+)
 from ..learn.metrics import auroc, rates_at
 from ..learn.pseudo_anomalies import make_pseudo_anomalies
 from ..learn.splits import Split, make_split
@@ -49,6 +58,9 @@ log = logging.getLogger(__name__)
 
 #: Pseudo-anomalous tiles painted per run, for tile methods that learn from anomalies.
 PSEUDO_POOL = 3000
+#: A tile method trained on each image's inspection grid (``--tile``) keeps at most this many
+#: good tiles (about 80 MB of grey or 240 MB of colour 64-pixel tiles), spread over the images.
+MAX_TRAIN_TILES = 20_000
 #: A head trained on features (EIDN) sees at most this many good training images (a random subset)
 #: and PSEUDO_PER_GOOD pseudo-anomalies painted on each, at most PSEUDO_IMAGES: their descriptors
 #: stay in memory for the run.
@@ -103,6 +115,10 @@ class TrainOptions:
     #: The memory bank's surface (``surfaces.SURFACES``, or ``auto``): its settings are applied over
     #: ``hparams`` and ``smoothing``.
     surface: str = "parts"
+    #: Tile methods: train on ``tile`` x ``tile`` frame-pixel tiles cut every ``stride`` pixels (the
+    #: grid inspection then uses); None: each image whole, as one tile.
+    tile: int | None = None
+    stride: int | None = None
 
 
 @dataclass
@@ -280,9 +296,15 @@ def _train_config(detector: Detector, opts: TrainOptions) -> TrainConfig:
 def _train_tiles(detector: Detector, opts: TrainOptions, split: Split, channels: int, rng: np.random.Generator,
                  progress: ProgressCallback | None, should_cancel: Callable[[], bool] | None
                  ) -> tuple[TrainReport, dict[str, Any], TrainConfig]:
-    """A tile method: tiles of the training images, trained step by step by the engine."""
+    """A tile method: tiles of the training images (each whole, or its inspection grid's), trained step by
+    step by the engine."""
     size = detector.size
-    normal = load_tiles(split.train_good, size=size, channels=channels, progress=_load_progress(progress, "load good"))
+    loading = _load_progress(progress, "load good")
+    if opts.tile is None:
+        normal = load_tiles(split.train_good, size=size, channels=channels, progress=loading)
+    else:
+        normal = load_grid_tiles(split.train_good, size=size, tile=opts.tile, stride=opts.stride, channels=channels,
+                                 max_tiles=MAX_TRAIN_TILES, progress=loading)
     labelled = load_tiles(split.labelled, size=size, channels=channels) if split.labelled else None
     if len(normal.tiles) == 0:
         raise DatasetError(f"{opts.data}: none of the good training images could be read")
@@ -291,7 +313,8 @@ def _train_tiles(detector: Detector, opts: TrainOptions, split: Split, channels:
     data = TrainingData(normal.tiles, labelled.tiles if labelled else None, pseudo)
     config = _train_config(detector, opts)
     report = train(detector, data, config, progress=progress, should_cancel=should_cancel)
-    return report, {"n_train_good": len(normal.tiles), "n_train_defect": data.n_labelled,
+    return report, {"n_train_good": len(set(normal.paths)), "n_train_tiles": len(normal.tiles),
+                    "n_train_defect": data.n_labelled,
                     "n_pseudo_anomalies": data.n_pseudo,
                     "skipped": normal.errors + (labelled.errors if labelled else [])}, config
 
@@ -316,6 +339,14 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
     if fully_convolutional and opts.size is not None:
         raise OptionError(f"method {cls.method!r} sees whole images at their own size: --size applies to tile "
                           f"methods; use --scale to resize")
+    if fully_convolutional and (opts.tile is not None or opts.stride is not None):
+        raise OptionError(f"method {cls.method!r} sees whole images at their own size: --tile and --stride apply "
+                          f"to tile methods; use --scale to resize")
+    if opts.stride is not None and opts.tile is None:
+        raise OptionError("--stride needs --tile: without a tile size each image is one tile")
+    if opts.tile is not None and cls.uses_anomalies and opts.anomaly_fraction > 0:
+        raise OptionError(f"--tile trains {cls.method!r} on goods only (--anomaly-fraction 0): a labelled defect "
+                          f"has an image label, not a place, so its tiles cannot be told from good ones")
     size = None if fully_convolutional else (opts.size or cls.defaults.size)
     detector = build_detector(cls, size, channels, opts.hparams)
     if fully_convolutional:
@@ -340,7 +371,7 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
         inspection = {"scale": opts.scale, "smoothing": smoothing}
     else:
         report, counts, config = _train_tiles(detector, opts, split, channels, rng, progress, should_cancel)
-        inspection = {}
+        inspection = {} if opts.tile is None else {"tile": opts.tile, "stride": opts.stride}
     detector.eval()
 
     provisional = Inspector(detector, _PROVISIONAL, **inspection)
@@ -362,6 +393,8 @@ def train_model(opts: TrainOptions, *, dataset: MVTecSet | None = None, progress
     if config is not None:
         training |= {"epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch,
                      "batch_size": config.batch_size, "flips": config.flips}
+    if opts.tile is not None:
+        training["n_train_tiles"] = counts["n_train_tiles"]
     if fully_convolutional:
         training["backbone_weights"] = str(opts.backbone_weights) if opts.backbone_weights else "shipped"
     if applies_to(opts.method):
@@ -498,7 +531,7 @@ def bench(opts: TrainOptions, *, progress: ProgressCallback | None = None,
         "device": t["device"], "seed": opts.seed, "hparams": trained.detector.hparams(),
         "skipped_files": t["skipped_files"] + metrics["test_skipped_files"],
     }
-    result |= {k: t[k] for k in ("surface", "surface_choice", "flips") if k in t}
+    result |= {k: t[k] for k in ("surface", "surface_choice", "flips", "n_train_tiles") if k in t}
     trained.metadata["metrics"] = {k: result[k] for k in ("image_auroc", "pixel_auroc", "false_alarm_rate", "recall")}
     return trained, result
 

@@ -1,5 +1,9 @@
 """Image data sets in the MVTec AD layout, and loading them as model-sized tiles.
 
+A tile method sees each image either whole, resized to one tile (``load_tiles``), or cut on the
+grid that inspection with ``--tile`` cuts it on (``load_grid_tiles``), so that training,
+calibration and inspection see the surface at one scale.
+
 ```
 <root>/train/good/                      defect-free training images
 <root>/train/defect/<type>/             optional pool of labelled defects
@@ -20,6 +24,7 @@ import numpy as np
 
 from ..base.errors import InspectorError
 from ..detect.tensors import at_scale, fit_tile
+from ..detect.tiling import cut_tiles, plan_grid
 from ..frames.images import ImageReadError, decode_workers, is_grey, is_image_file, read_image
 from ..frames.listing import display_name, walk
 
@@ -154,6 +159,27 @@ def load_tiles(paths: Sequence[Path], *, size: int, channels: int,
     tiles, kept, shapes, errors = _load_each(paths, lambda img: fit_tile(img, size, channels), progress, workers)
     arr = np.stack(tiles) if tiles else np.zeros((0, size, size, channels), np.uint8)
     return LoadedTiles(arr, kept, shapes, errors)
+
+
+def load_grid_tiles(paths: Sequence[Path], *, size: int, tile: int, stride: int | None, channels: int,
+                    max_tiles: int, progress: Callable[[int, int], None] | None = None,
+                    workers: int | None = None) -> LoadedTiles:
+    """The tiles of each image on its inspection grid (``tiling.plan_grid`` with ``tile`` and ``stride``
+    frame pixels, each tile resized to ``size``), at most ``max_tiles`` in all: an image with more than
+    its share keeps tiles spread evenly over its grid.  ``paths`` in the result holds one entry per tile."""
+    share = max(1, -(-max_tiles // max(1, len(paths))))
+
+    def cut(img: np.ndarray) -> np.ndarray:
+        tiles = cut_tiles(img, plan_grid(img.shape[:2], size, tile=tile, stride=stride), channels)
+        if len(tiles) > share:
+            tiles = tiles[np.linspace(0, len(tiles) - 1, share).round().astype(int)]
+        return tiles
+
+    cuts, kept, shapes, errors = _load_each(paths, cut, progress, workers)
+    if not cuts:
+        return LoadedTiles(np.zeros((0, size, size, channels), np.uint8), [], [], errors)
+    return LoadedTiles(np.concatenate(cuts), [p for p, c in zip(kept, cuts, strict=True) for _ in range(len(c))],
+                       [s for s, c in zip(shapes, cuts, strict=True) for _ in range(len(c))], errors)
 
 
 def load_images(paths: Sequence[Path], *, scale: float = 1.0, channels: int = 3,
