@@ -2,7 +2,8 @@
 
 Trained on normal tiles only to reconstruct them through a narrow bottleneck; a defect, never
 seen in training, is reconstructed badly.  Score = mean squared reconstruction error of the tile;
-difference map = |x - AE(x)| averaged over channels.  The reference every other method must beat.
+difference map = |x - AE(x)| averaged over channels; ``score_sigma`` scores the smoothed map's peak
+instead (``map_score``).  The reference every other method must beat.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from .base import Detector, Inference, TrainBatch, TrainingDefaults, register
 from .blocks import Decoder, Encoder
+from .map_score import check_sigma, tile_scores
 
 
 @register
@@ -21,8 +23,10 @@ class AutoEncoder(Detector):
     defaults = TrainingDefaults(epochs=30, steps_per_epoch=50, batch_size=64, size=64)
 
     def __init__(self, *, size: int = 64, channels: int = 3, latent: int = 128,
-                 base_width: int = 16, lr: float = 1e-3) -> None:
+                 base_width: int = 16, lr: float = 1e-3, score_sigma: float | None = None) -> None:
         super().__init__(size=size, channels=channels)
+        check_sigma(score_sigma)
+        self.score_sigma = score_sigma
         self.encoder = Encoder(size=size, channels=channels, latent=latent, base_width=base_width)
         self.decoder = Decoder(size=size, channels=channels, latent=latent, base_width=base_width)
         self.lr = lr
@@ -44,4 +48,5 @@ class AutoEncoder(Detector):
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> Inference:
         diff = (x - self(x)).abs()
-        return Inference(scores=diff.pow(2).mean(dim=(1, 2, 3)), maps=diff.mean(dim=1, keepdim=True))
+        maps = diff.mean(dim=1, keepdim=True)
+        return Inference(scores=tile_scores(diff.pow(2), maps, self.score_sigma), maps=maps)

@@ -176,3 +176,43 @@ def test_feature_batches_with_labelled_defects_and_no_pseudo_anomalies():
     batch = _FeatureSampler(data, torch.device("cpu"), uses_anomalies=True, needs_anomalies=False)(5)
     assert batch.normal.shape == (5, 3, 4, 5) and batch.anomalous.shape == (5, 3, 6, 2)
     assert batch.anomalous_is_real.all() and batch.anomalous_valid.all()
+
+
+def test_the_smoothed_map_peak_ranks_a_small_strong_defect_above_faint_noise():
+    from models.map_score import smoothed_peak, tile_scores
+
+    blob = torch.zeros(1, 1, 32, 32)
+    blob[..., 10:15, 10:15] = 0.5                          # a 5 x 5 defect, strong
+    noise = torch.full((1, 1, 32, 32), 0.1)                # faint everywhere
+    maps = torch.cat([blob, noise])
+    mean = tile_scores(maps.pow(2), maps, None)
+    assert mean[1] > mean[0]                               # the paper's mean error: the noise looks worse
+    peak = tile_scores(maps.pow(2), maps, 1.0)
+    assert peak[0] > peak[1] and peak[1].item() == pytest.approx(0.1)
+    assert 0.3 < peak[0].item() < 0.5                      # smoothed: below the blob's 0.5
+    assert smoothed_peak(blob, 0.0).item() == 0.5          # sigma 0: the raw map's peak
+    one = torch.zeros(1, 1, 4, 4)
+    one[..., 1, 1] = 1.0
+    assert smoothed_peak(one, 50.0).item() < 1.0            # a kernel wider than the map is cut to it
+
+
+@pytest.mark.parametrize("method", ["ae", "agad", "ede"])
+def test_score_sigma_scores_the_difference_map_peak(method):
+    from models.map_score import smoothed_peak
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    paper = models.create(method, size=32).eval()
+    peak = models.create(method, size=32, score_sigma=2.0).eval()
+    peak.load_state_dict(paper.state_dict())
+    a, b = paper.infer(x), peak.infer(x)
+    assert torch.allclose(a.maps, b.maps)
+    assert torch.allclose(b.scores, smoothed_peak(b.maps, 2.0))
+    assert not torch.allclose(a.scores, b.scores)
+    with pytest.raises(ValueError, match="score_sigma"):
+        models.create(method, size=32, score_sigma=-1.0)
+
+
+def test_ede_score_sigma_needs_the_image_space():
+    with pytest.raises(ValueError, match="score_space 'image'"):
+        models.create("ede", size=32, score_sigma=2.0, score_space="latent")

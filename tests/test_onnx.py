@@ -52,6 +52,15 @@ def test_every_method_exports_and_onnx_runtime_scores_as_torch(name, tmp_path):
             torch.testing.assert_close(got.embeddings, want.embeddings.float(), rtol=1e-4, atol=1e-4)
 
 
+def test_a_map_peak_score_exports_and_scores_as_torch(tmp_path):
+    detector = models.create("agad", size=32, channels=1, score_sigma=2.0).eval()
+    graph = OnnxDetector(tmp_path / "g.onnx", export_graph(detector, tmp_path / "g.onnx"))
+    x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        want = detector.infer(x)
+    torch.testing.assert_close(graph.infer(x).scores, want.scores.float(), rtol=1e-4, atol=1e-5)
+
+
 def test_both_engines_give_the_same_verdicts_on_real_images(shared_data):
     files = list_images(shared_data / "brickwork_crack" / "test" / "crack")[:4]
     files += list_images(shared_data / "brickwork_crack" / "test" / "good")[:4]
