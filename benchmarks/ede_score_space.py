@@ -28,8 +28,9 @@ def main() -> None:
     p.add_argument("--set", dest="hparams", type=parse_hparam, action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     for seed in args.seeds:
+        hparams = {"score_sigma": None, **dict(args.hparams)}           # the mean errors, as the paper scores
         trained = train_model(TrainOptions(data=REPO.parent / "shared" / "data" / args.set, method="ede", seed=seed,
-                                           size=args.size, hparams=dict(args.hparams), protocol="validation"))
+                                           size=args.size, hparams=hparams, protocol="validation"))
         for space in ("latent", "image"):
             for w1 in (0.0, 0.5, 1.0):
                 trained.detector.score_space, trained.detector.score_w1 = space, w1

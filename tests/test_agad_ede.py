@@ -209,13 +209,17 @@ def test_the_engine_counts_passes_over_the_training_tiles():
 
 def test_ede_score_weight_is_a_knob_at_scoring_time():
     torch.manual_seed(0)
+    from models.map_score import smoothed_peak
+
     det = models.create("ede", size=16, channels=1)
     x = torch.rand(4, 1, 16, 16) * 2 - 1
     with torch.no_grad():
         p = det.eval().passes(x)
-    # the default: the image error after both paths, as its difference map shows it
-    assert torch.allclose(det.infer(x).scores, (x - p.x1p).pow(2).flatten(1).mean(1), atol=1e-6)
+    # the default: the image error after both paths, its map's peak smoothed by 2 pixels
     assert torch.allclose(det.infer(x).maps, (x - p.x1p).abs(), atol=1e-6)
+    assert torch.allclose(det.infer(x).scores, smoothed_peak((x - p.x1p).abs(), 2.0), atol=1e-6)
+    det.score_sigma = None                           # the mean error, ||x - x1'||^2
+    assert torch.allclose(det.infer(x).scores, (x - p.x1p).pow(2).flatten(1).mean(1), atol=1e-6)
     det.score_w1 = 1.0                               # EDE2's reconstruction error
     assert torch.allclose(det.infer(x).scores, (x - p.x2).pow(2).flatten(1).mean(1), atol=1e-6)
     det.score_space = "latent"                       # the paper's A(x), weighed by the knob

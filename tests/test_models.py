@@ -202,7 +202,7 @@ def test_score_sigma_scores_the_difference_map_peak(method):
 
     torch.manual_seed(0)
     x = torch.rand(3, 3, 32, 32) * 2 - 1
-    paper = models.create(method, size=32).eval()
+    paper = models.create(method, size=32, score_sigma=None).eval()
     peak = models.create(method, size=32, score_sigma=2.0).eval()
     peak.load_state_dict(paper.state_dict())
     a, b = paper.infer(x), peak.infer(x)
@@ -214,5 +214,6 @@ def test_score_sigma_scores_the_difference_map_peak(method):
 
 
 def test_ede_score_sigma_needs_the_image_space():
-    with pytest.raises(ValueError, match="score_space 'image'"):
-        models.create("ede", size=32, score_sigma=2.0, score_space="latent")
+    with pytest.raises(ValueError, match="score_sigma=null for the latent"):
+        models.create("ede", size=32, score_space="latent")
+    assert models.create("ede", size=32, score_space="latent", score_sigma=None).score_space == "latent"
