@@ -122,6 +122,9 @@ class Detector(nn.Module, metaclass=_DetectorMeta):
     #: Fitted in one pass by ``fit_features`` (a memory bank) instead of gradient steps.
     gradient_free: ClassVar[bool] = False
     defaults: ClassVar[TrainingDefaults]
+    #: Hyper-parameters added after model files of the method were first written, each with the value
+    #: that keeps an older file's behaviour: a file without one is rebuilt with that, not today's default.
+    legacy_hparams: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, size: int | None, channels: int) -> None:
         super().__init__()

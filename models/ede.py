@@ -100,6 +100,8 @@ class EDE(Detector):
     method = "ede"
     has_difference_map = True
     defaults = TrainingDefaults(epochs=20, steps_per_epoch=50, batch_size=64, size=64)
+    # Files written before the map's peak became the score were calibrated on the mean error.
+    legacy_hparams = {"score_sigma": None}
 
     def __init__(self, *, size: int = 64, channels: int = 3, latent: int = 128, base_width: int = 16,
                  lr: float = 1e-3, alpha: float = 1.0, beta: float = 0.0, score_w1: float = 0.0, paths: int = 2,

@@ -116,6 +116,15 @@ def test_model_file_round_trip(tmp_path, method):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]   # no temporary file left
 
 
+def test_a_file_older_than_a_setting_keeps_its_behaviour(tmp_path):
+    det, _ = trained("ede")
+    det.eval()
+    meta = build_metadata(det, calibrate(det.infer(torch.rand(8, 1, 16, 16)).scores.numpy()), training={"seed": 0})
+    del meta["hparams"]["score_sigma"]                 # written before EDE scored its map's peak
+    loaded, _ = load_model(save_model(tmp_path / "old.safetensors", det, meta))
+    assert det.score_sigma == 2.0 and loaded.score_sigma is None    # the mean error it was calibrated on
+
+
 def test_model_file_errors_are_clear(tmp_path):
     _, path = saved(tmp_path)
     with pytest.raises(ModelFileError, match="holds a 'ae' model, expected 'eidn'"):

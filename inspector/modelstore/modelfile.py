@@ -207,7 +207,8 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu",
         raise ModelFileError(f"{path}: the weights cannot be read ({exc})") from exc
     _check_weights(path, meta, tensors)
     try:
-        detector = cls(size=size, channels=meta["input"]["channels"], **meta.get("hparams", {}))
+        hparams = {**cls.legacy_hparams, **meta.get("hparams", {})}
+        detector = cls(size=size, channels=meta["input"]["channels"], **hparams)
         detector.load_state_dict(tensors)
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelFileError(f"{path}: weights do not fit the {method!r} network they claim ({exc})") from exc
