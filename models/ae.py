@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .base import Detector, Inference, TrainBatch, TrainingDefaults, register
 from .blocks import Decoder, Encoder
-from .map_score import check_sigma, tile_scores
+from .map_score import check_sigma, reconstruction_inference
 
 
 @register
@@ -47,6 +47,4 @@ class AutoEncoder(Detector):
 
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> Inference:
-        diff = (x - self(x)).abs()
-        maps = diff.mean(dim=1, keepdim=True)
-        return Inference(scores=tile_scores(diff.pow(2), maps, self.score_sigma), maps=maps)
+        return reconstruction_inference(x, self(x), self.score_sigma)

@@ -35,7 +35,7 @@ from torch import nn
 
 from .base import Detector, Inference, TrainBatch, TrainingDefaults, register
 from .blocks import down
-from .map_score import check_sigma, tile_scores
+from .map_score import check_sigma, reconstruction_inference
 
 #: GANomaly re-initialises its discriminator when its loss falls below this (METHODS.md).
 D_COLLAPSE = 1e-5
@@ -257,6 +257,4 @@ class AGAD(Detector):
 
     @torch.no_grad()
     def infer(self, x: torch.Tensor) -> Inference:
-        diff = (x - self.G(x)).abs()
-        maps = diff.mean(dim=1, keepdim=True)
-        return Inference(scores=tile_scores(diff.pow(2), maps, self.score_sigma), maps=maps)
+        return reconstruction_inference(x, self.G(x), self.score_sigma)

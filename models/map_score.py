@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .base import Inference
+
 
 def check_sigma(sigma: float | None) -> None:
     if sigma is not None and not (math.isfinite(sigma) and sigma >= 0):
@@ -41,3 +43,11 @@ def tile_scores(squared_error: torch.Tensor, maps: torch.Tensor, sigma: float | 
     if sigma is None:
         return squared_error.flatten(1).mean(dim=1)
     return smoothed_peak(maps, sigma)
+
+
+def reconstruction_inference(x: torch.Tensor, reconstruction: torch.Tensor, sigma: float | None) -> Inference:
+    """A single reconstruction's answer (the AE's, AGAD's): map |x - x^| averaged over channels, and
+    ``tile_scores`` of the squared error."""
+    diff = (x - reconstruction).abs()
+    maps = diff.mean(dim=1, keepdim=True)
+    return Inference(scores=tile_scores(diff.pow(2), maps, sigma), maps=maps)
