@@ -61,7 +61,7 @@ def main() -> None:
     probe.patch_features.align()
     t0 = time.perf_counter()
     goods = load_images(split.train_good[:HEAD_GOODS], scale=scale, channels=channels).images
-    pseudo, masks = make_pseudo_anomalies(goods, PSEUDO_IMAGES, rng)
+    pseudo, masks, painted_on = make_pseudo_anomalies(goods, PSEUDO_IMAGES, rng)
     labelled = load_images(split.labelled, scale=scale, channels=channels).images if split.labelled else []
     data = FeatureTrainingData(whole_images(probe, probe.features, goods), whole_images(probe, probe.features, pseudo),
                                [cell_coverage(m, probe.map_stride) for m in masks],
@@ -79,10 +79,13 @@ def main() -> None:
         torch.manual_seed(0)
         detector = models.create("eidn", channels=channels, stages=stages, **config)
         detector.patch_features.load_state_dict(probe.patch_features.state_dict())
-        detector.begin_training(data.normal)
+        train_data = FeatureTrainingData(detector.begin_training(data.normal),
+                                         detector.training_form(data.pseudo, painted_on), data.pseudo_masks,
+                                         detector.training_form(data.labelled, [None] * len(data.labelled)),
+                                         data.labelled_share)
         t0 = time.perf_counter()
         d = detector.defaults
-        report = train(detector, data, TrainConfig(epochs, d.steps_per_epoch, d.batch_size, seed=0))
+        report = train(detector, train_data, TrainConfig(epochs, d.steps_per_epoch, d.batch_size, seed=0))
         seconds = time.perf_counter() - t0
         maps = [answer.map for answer in map_images(detector, held)]
         cells = " ".join(f"s{sigma:g}={auroc(is_defect, np.array([smoothed_max(m, sigma) for m in maps])):.4f}"

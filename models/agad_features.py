@@ -95,10 +95,11 @@ class AGADFeatures(FeatureDetector):
         """Like ``agad``: normal samples and labelled anomalies; no synthetic ones."""
         return False
 
-    def begin_training(self, normal: list[torch.Tensor]) -> None:
+    def begin_training(self, normal: list[torch.Tensor]) -> list[torch.Tensor]:
         cells = torch.cat([f.flatten(1) for f in normal], dim=1).float()
         self.feature_mean = cells.mean(dim=1).to(self.feature_mean.device)
         self.feature_std = cells.std(dim=1).clamp_min(1e-6).to(self.feature_std.device)
+        return normal
 
     def _standardise(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)

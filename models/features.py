@@ -160,9 +160,15 @@ class FeatureDetector(Detector):
     def training_step(self, batch: TrainBatch, *, epoch: int, epochs: int) -> dict[str, float]:
         raise NotImplementedError(f"{self.method} is fitted with fit_features, not trained step by step")
 
-    def begin_training(self, normal: list[torch.Tensor]) -> None:
+    def begin_training(self, normal: list[torch.Tensor]) -> list[torch.Tensor]:
         """Before the first step of a method trained step by step: see the good images' descriptors
-        (D, h, w) once (to standardise them, say)."""
+        (D, h, w) once (to standardise them, say).  Returns them in ``training_form``."""
+        return normal
+
+    def training_form(self, maps: list[torch.Tensor], painted_on: list[int | None]) -> list[torch.Tensor]:
+        """Descriptors (D, h, w) as the training steps take them, each with the index into
+        ``begin_training``'s goods of the good image it is or was painted on (None: another image)."""
+        return maps
 
     def fit_features(self, normal: list[torch.Tensor], *, generator: torch.Generator | None = None) -> dict:
         """A gradient-free method: fit on the patch descriptors (D, h, w) of the good training images."""

@@ -42,16 +42,23 @@ MAX_PATCHES = 200_000
 def sample_patches(normal: list[torch.Tensor], n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """At most ``n`` patch descriptors (n, D) drawn uniformly from the maps (D, h, w) of ``normal``,
     without first gathering every patch of every image in one tensor (gigabytes for a large set)."""
+    return sample_patches_of(normal, n, generator=generator)[0]
+
+
+def sample_patches_of(normal: list[torch.Tensor], n: int, *, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sample_patches`` and, for each patch drawn, the index of the image it came from: ((n, D), (n,))."""
     counts = torch.tensor([f[0].numel() for f in normal])
     total = int(counts.sum())
     if total <= n:
-        return torch.cat([f.flatten(1).T for f in normal])
+        return (torch.cat([f.flatten(1).T for f in normal]),
+                torch.repeat_interleave(torch.arange(len(normal)), counts))
     keep = torch.randperm(total, generator=generator)[:n].sort().values
     owner = torch.bucketize(keep, counts.cumsum(0), right=True)
     starts = counts.cumsum(0) - counts
     rows = [normal[i].flatten(1)[:, (keep[owner == i] - starts[i]).to(normal[i].device)].T
             for i in owner.unique().tolist()]
-    return torch.cat(rows)
+    return torch.cat(rows), owner
 
 
 def draw_cells(features: torch.Tensor, share: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -114,6 +121,22 @@ def nearest_distance(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         q = queries[start:start + _QUERY_CHUNK].float()
         d2 = q.pow(2).sum(1, keepdim=True) - 2.0 * (q @ bank.T) + bank_sq
         out[start:start + _QUERY_CHUNK] = d2.amin(dim=1).clamp_min(0.0).sqrt()
+    return out
+
+
+def nearest_rows(queries: torch.Tensor, bank: torch.Tensor, *, barred: torch.Tensor | None = None) -> torch.Tensor:
+    """The index of each query's (N, D) nearest bank row (M, D): (N,).  ``barred`` (M,) bool marks rows
+    these queries may not match (the rows taken from the queries' own image, when a training image is
+    compared with a bank built from it).  Chunked as ``nearest_distance`` is."""
+    bank_sq = bank.pow(2).sum(1)
+    if barred is not None:
+        bank_sq = bank_sq.masked_fill(barred.to(bank.device), float("inf"))
+    if torch.onnx.is_in_onnx_export():
+        return (bank_sq - 2.0 * (queries.float() @ bank.T)).argmin(dim=1)
+    out = torch.empty(len(queries), dtype=torch.long, device=queries.device)
+    for start in range(0, len(queries), _QUERY_CHUNK):
+        q = queries[start:start + _QUERY_CHUNK].float()
+        out[start:start + _QUERY_CHUNK] = (bank_sq - 2.0 * (q @ bank.T)).argmin(dim=1)
     return out
 
 

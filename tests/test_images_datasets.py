@@ -120,15 +120,15 @@ def test_holdout_split_is_disjoint_and_seeded():
 def test_each_pseudo_anomaly_kind_changes_the_image_where_its_mask_says(kind):
     rng = np.random.default_rng(0)
     images = [rng.integers(100, 140, (90, 160, 3), dtype=np.uint8) for _ in range(4)]
-    out, masks = make_pseudo_anomalies(images, 20, rng, kinds=(kind,))
-    assert len(out) == len(masks) == 20
+    out, masks, sources = make_pseudo_anomalies(images, 20, rng, kinds=(kind,))
+    assert len(out) == len(masks) == len(sources) == 20
     for image, mask in zip(out, masks, strict=True):
         assert image.shape == (90, 160, 3) and image.dtype == np.uint8          # native size, aspect kept
         assert mask.shape == (90, 160) and mask.dtype == np.float32 and 0 <= mask.min() <= mask.max() <= 1
     changed = [not any(np.array_equal(o, t) for t in images) for o in out]
     assert sum(changed) >= 18
-    for image, mask in zip(out, masks, strict=True):
-        source = min(images, key=lambda t: np.abs(t.astype(int) - image).sum())
+    for image, mask, painted_on in zip(out, masks, sources, strict=True):
+        source = images[painted_on]
         moved = np.abs(image.astype(int) - source).max(axis=2) > 0
         assert not (moved & (mask == 0)).any()                           # nothing changed outside the mask
         assert 0 < mask.mean() < 0.5                                     # a defect, not the whole image
@@ -137,7 +137,7 @@ def test_each_pseudo_anomaly_kind_changes_the_image_where_its_mask_says(kind):
 def test_pseudo_anomalies_keep_the_surface_texture_under_a_crack():
     rng = np.random.default_rng(1)
     stripes = np.tile((np.arange(128) % 8 < 4).astype(np.uint8)[None, :, None] * 80 + 100, (128, 1, 1))
-    out, masks = make_pseudo_anomalies([stripes], 10, rng, kinds=("crack",))
+    out, masks, _ = make_pseudo_anomalies([stripes], 10, rng, kinds=("crack",))
     for image, mask in zip(out, masks, strict=True):
         core = mask > 0.9
         if core.sum() > 20:
@@ -148,7 +148,8 @@ def test_pseudo_anomalies_keep_the_surface_texture_under_a_crack():
 
 def test_pseudo_anomalies_are_reproducible():
     tiles = list(np.random.default_rng(0).integers(0, 255, (4, 32, 32, 1), dtype=np.uint8))
-    a, ma = make_pseudo_anomalies(tiles, 10, np.random.default_rng(5))
-    b, mb = make_pseudo_anomalies(tiles, 10, np.random.default_rng(5))
+    a, ma, sa = make_pseudo_anomalies(tiles, 10, np.random.default_rng(5))
+    b, mb, sb = make_pseudo_anomalies(tiles, 10, np.random.default_rng(5))
+    assert sa == sb
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert all(np.array_equal(x, y) for x, y in zip(ma, mb, strict=True))

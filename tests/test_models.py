@@ -94,9 +94,10 @@ def _eidn_on_toy_features():
 
 def test_eidn_learns_per_patch_from_pseudo_anomaly_masks():
     det, normal, anomalous, masks = _eidn_on_toy_features()
-    det.begin_training(list(normal))
+    goods = torch.stack(det.begin_training(list(normal)))
+    painted = torch.stack(det.training_form(list(anomalous), list(range(8))))     # as if painted on each good
     det.make_optimizers()
-    batch = TrainBatch(normal, anomalous, torch.zeros(8, dtype=torch.bool), masks)
+    batch = TrainBatch(goods, painted, torch.zeros(8, dtype=torch.bool), masks)
     for _ in range(80):
         det.training_step(batch, epoch=1, epochs=1)
     with torch.no_grad():
@@ -112,10 +113,11 @@ def test_eidn_learns_per_patch_from_pseudo_anomaly_masks():
 
 def test_eidn_finds_the_defect_in_a_labelled_image_as_a_multiple_instance_bag():
     det, normal, anomalous, _ = _eidn_on_toy_features()
-    det.begin_training(list(normal))
+    goods = torch.stack(det.begin_training(list(normal)))
+    labelled = torch.stack(det.training_form(list(anomalous), [None] * 8))
     det.make_optimizers()
     # image labels only (no mask): the defect is wherever the bag's most anomalous patch is
-    batch = TrainBatch(normal, anomalous, torch.ones(8, dtype=torch.bool), torch.zeros(8, 1, 6, 6))
+    batch = TrainBatch(goods, labelled, torch.ones(8, dtype=torch.bool), torch.zeros(8, 1, 6, 6))
     for _ in range(150):
         det.training_step(batch, epoch=1, epochs=1)
     with torch.no_grad():
@@ -124,6 +126,34 @@ def test_eidn_finds_the_defect_in_a_labelled_image_as_a_multiple_instance_bag():
     hottest = maps.flatten(1).argmax(1)
     assert all(int(i) // 6 in (2, 3) and int(i) % 6 in (2, 3) for i in hottest)
     assert maps.flatten(1).amax(1).min() > good.flatten(1).amax(1).max()
+
+
+def test_eidn_compares_a_training_good_with_the_bank_without_its_own_patches():
+    det = models.create("eidn", stages=(2,), pool=1, hidden=32, residual=True, coreset_ratio=1.0, max_bank=10_000)
+    d = det.feature_dim
+    normal = list(torch.randn(4, d, 3, 3, generator=torch.Generator().manual_seed(0)))
+    goods = det.begin_training(normal)             # every patch is in the bank
+    assert len(det.bank) == 4 * 9 and goods[0].shape == (2 * d + 1, 3, 3)
+    others = torch.cat([f.flatten(1).T for f in normal[1:]])
+    x = normal[0].flatten(1).T
+    expected = torch.cdist(x, others).amin(dim=1)            # image 0 against images 1-3 only
+    torch.testing.assert_close(goods[0][-1].flatten(), expected)
+    torch.testing.assert_close(goods[0][:d].flatten(1).T, x)  # the descriptor itself comes first
+    # a pseudo-anomaly painted on image 0 is barred from image 0 as well; a labelled defect from nothing
+    painted, labelled = det.training_form([normal[0], normal[0]], [0, None])
+    torch.testing.assert_close(painted, goods[0])
+    assert labelled[-1].abs().max() < 1e-4                   # its own patches are in the bank
+    # inspecting: nothing barred, the bank's score is the distance to the nearest good patch
+    with torch.no_grad():
+        inspected = det._head_input(normal[1][None])[0]
+    assert inspected[-1].abs().max() < 1e-4
+
+
+def test_eidn_on_descriptors_alone_keeps_no_bank():
+    det = models.create("eidn", stages=(2,), pool=1, hidden=32, residual=False)
+    normal = list(torch.randn(2, det.feature_dim, 3, 3))
+    assert det.begin_training(normal) is normal and len(det.bank) == 0
+    assert det.training_form(normal, [0, 1]) is normal
 
 
 def test_eidn_ignores_padded_cells_of_a_batch():

@@ -24,7 +24,7 @@ DEMO = Path(__file__).resolve().parents[1] / "resources" / "demo-patchcore.safet
 def _built(name: str, channels: int) -> models.Detector:
     cls = models.get_method(name)
     detector = cls(size=None if cls.defaults.size is None else 32, channels=channels).eval()
-    if name == "patchcore":
+    if hasattr(detector, "bank"):                          # the memory bank, EIDN's good patches
         detector.bank = torch.randn(200, detector.feature_dim, generator=torch.Generator().manual_seed(0))
     return detector
 

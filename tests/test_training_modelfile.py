@@ -125,6 +125,18 @@ def test_a_file_older_than_a_setting_keeps_its_behaviour(tmp_path):
     assert det.score_sigma == 2.0 and loaded.score_sigma is None    # the mean error it was calibrated on
 
 
+def test_an_eidn_file_from_before_the_bank_keeps_its_behaviour(tmp_path):
+    det = models.create("eidn", stages=(2,), pool=1, hidden=16, residual=False).eval()
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    meta = build_metadata(det, calibrate(det.infer(x).scores.numpy()), training={"seed": 0})
+    del meta["hparams"]["residual"], meta["hparams"]["max_bank"], meta["hparams"]["coreset_ratio"]
+    want = det.infer(x).scores
+    del det._buffers["bank"]                                  # such files hold no bank
+    loaded, _ = load_model(save_model(tmp_path / "old.safetensors", det, meta))
+    assert loaded.residual is False and len(loaded.bank) == 0
+    assert torch.equal(want, loaded.infer(x).scores)
+
+
 def test_model_file_errors_are_clear(tmp_path):
     _, path = saved(tmp_path)
     with pytest.raises(ModelFileError, match="holds a 'ae' model, expected 'eidn'"):

@@ -268,16 +268,17 @@ def _train_features(detector: Detector, opts: TrainOptions, split: Split, channe
         paths = [paths[i] for i in sorted(rng.choice(len(paths), HEAD_GOODS, replace=False))]
     goods, normal = _good_features(detector, opts, paths, channels, progress)
     labelled = load_images(split.labelled, scale=opts.scale, channels=channels) if split.labelled else None
-    pseudo, masks = (make_pseudo_anomalies(goods.images, pseudo_count(len(goods.images)), rng)
-                     if detector.wants_pseudo_anomalies
-                     else ([], []))
-    data = FeatureTrainingData(
-        normal,
-        whole_images(detector, detector.features, pseudo, progress=progress, stage="features (pseudo-anomalies)"),
-        [cell_coverage(m, detector.map_stride) for m in masks],
-        whole_images(detector, detector.features, labelled.images, progress=progress,
-                     stage="features (labelled)") if labelled else [])
-    detector.begin_training(normal)
+    pseudo, masks, painted_on = (make_pseudo_anomalies(goods.images, pseudo_count(len(goods.images)), rng)
+                                 if detector.wants_pseudo_anomalies
+                                 else ([], [], []))
+    normal = detector.begin_training(normal)
+    pseudo_features = whole_images(detector, detector.features, pseudo, progress=progress,
+                                   stage="features (pseudo-anomalies)")
+    labelled_features = whole_images(detector, detector.features, labelled.images, progress=progress,
+                                     stage="features (labelled)") if labelled else []
+    data = FeatureTrainingData(normal, detector.training_form(pseudo_features, painted_on),
+                               [cell_coverage(m, detector.map_stride) for m in masks],
+                               detector.training_form(labelled_features, [None] * len(labelled_features)))
     config = _train_config(detector, opts)
     report = train(detector, data, config, progress=progress, should_cancel=should_cancel)
     report = dataclasses.replace(report, seconds=time.perf_counter() - t0)

@@ -120,19 +120,22 @@ KINDS: dict[str, Callable[..., Painted]] = {"crack": crack, "scratch": scratch, 
 
 
 def make_pseudo_anomalies(normals: Sequence[np.ndarray], count: int, rng: np.random.Generator,
-                          kinds: tuple[str, ...] = tuple(KINDS)) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``count`` pseudo-anomalous images painted on randomly chosen good ones (any sizes), and their
-    masks (H, W) float32 in [0, 1]: (images, masks)."""
+                          kinds: tuple[str, ...] = tuple(KINDS)
+                          ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """``count`` pseudo-anomalous images painted on randomly chosen good ones (any sizes), their
+    masks (H, W) float32 in [0, 1] and the index of the good image each was painted on:
+    (images, masks, sources)."""
     if len(normals) == 0:
         raise ValueError("pseudo-anomalies need good images to paint on")
     painters = [KINDS[k] for k in kinds]
-    images, masks = [], []
+    images, masks, sources = [], [], []
     for _ in range(count):
-        image = normals[int(rng.integers(len(normals)))]
+        sources.append(int(rng.integers(len(normals))))
+        image = normals[sources[-1]]
         mask = np.zeros(image.shape[:2], np.float32)
         for _ in range(1 + int(rng.random() < 0.25)):
             image, painted = painters[int(rng.integers(len(painters)))](image, rng, normals)
             mask = np.maximum(mask, painted)
         images.append(image)
         masks.append(mask)
-    return images, masks
+    return images, masks, sources
