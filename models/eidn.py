@@ -45,7 +45,7 @@ from torch import nn
 
 from .base import Inference, TrainBatch, TrainingDefaults, register
 from .features import FeatureDetector, map_max
-from .patchcore import MAX_PATCHES, greedy_coreset, nearest_rows, sample_patches_of
+from .patchcore import MAX_PATCHES, coreset_of, nearest_rows, sample_patches_of
 
 
 def triplet_loss(y: torch.Tensor, f_pos: torch.Tensor, f_neg: torch.Tensor,
@@ -118,7 +118,6 @@ class EIDN(FeatureDetector):
     # none, 0.931 with 1, 0.918 with the memory bank's 4) keeps a hairline crack from being averaged away.
     default_smoothing = 1.0
 
-
     def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
                  stages: Sequence[int] | None = None, pool: int = 3, embedding_dim: int = 2,
                  alpha: float = 0.2, hidden: int = 128, lr: float = 1e-3, triplets: int = 512,
@@ -154,8 +153,7 @@ class EIDN(FeatureDetector):
         if self.residual:
             generator = torch.Generator().manual_seed(0)
             patches, owner = sample_patches_of(normal, MAX_PATCHES, generator=generator)
-            m = min(self.max_bank, max(1, round(self.coreset_ratio * len(patches))))
-            chosen = greedy_coreset(patches, m, generator=generator).to(patches.device)
+            chosen = coreset_of(patches, self.coreset_ratio, self.max_bank, generator=generator).to(patches.device)
             self.bank = patches[chosen].float().contiguous().to(self.feature_mean.device)
             self._bank_owner = owner.to(chosen.device)[chosen]
             normal = self.training_form(normal, list(range(len(normal))))

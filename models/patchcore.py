@@ -105,6 +105,14 @@ def greedy_coreset(x: torch.Tensor, m: int, *, projection: int = 128,
     return chosen
 
 
+def coreset_of(patches: torch.Tensor, ratio: float, max_bank: int, *, projection: int = 128,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices of a bank's rows among ``patches`` (N, D): a greedy coreset of ``ratio`` of them, at most
+    ``max_bank``."""
+    m = min(max_bank, max(1, round(ratio * len(patches))))
+    return greedy_coreset(patches, m, projection=projection, generator=generator)
+
+
 def nearest_distance(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """Euclidean distance from each query (N, D) to its nearest bank row (M, D): (N,).
 
@@ -177,11 +185,11 @@ class PatchCore(FeatureDetector):
         self.channel_weights = (stage_weights(patches, self.patch_features.backbone.out_channels)
                                 if self.balance_stages else torch.ones(patches.shape[1])).to(patches.device)
         patches = patches * self.channel_weights
-        m = min(self.max_bank, max(1, round(self.coreset_ratio * len(patches))))
-        chosen = greedy_coreset(patches, m, projection=self.projection, generator=generator)
+        chosen = coreset_of(patches, self.coreset_ratio, self.max_bank, projection=self.projection,
+                            generator=generator)
         self.bank = patches[chosen].float().contiguous()
         self.cpu_search = None              # it searched the old bank
-        return {"patches": seen, "pool": len(patches), "bank": m}
+        return {"patches": seen, "pool": len(patches), "bank": len(chosen)}
 
     def score_features(self, features: torch.Tensor) -> Inference:
         if len(self.bank) == 0:
