@@ -205,6 +205,8 @@ def test_infer_leaves_the_training_mode_alone(method):
     detector = models.create(method, size=None if cls.defaults.size is None else 16, channels=1)
     if detector.gradient_free:
         detector.fit_features([torch.randn(detector.feature_dim, 2, 2)])
+    elif cls.defaults.size is None:                  # a head on features: EIDN's bank of good patches
+        detector.begin_training([torch.randn(detector.feature_dim, 2, 2)])
     detector.train()
     detector.infer(torch.zeros(2, 1, 16, 16))
     assert detector.training

@@ -80,8 +80,13 @@ def test_ae_training_steps_lower_the_loss():
 
 
 def _eidn_on_toy_features():
-    """An EIDN whose head sees hand-made descriptors: normal cells near 0, a painted square at 3."""
-    det = models.create("eidn", stages=(2,), pool=1, hidden=32)
+    """An EIDN whose head sees hand-made descriptors: normal cells near 0, a square at 3 in every channel.
+
+    Without the bank prior: these cells lie 20 times the goods' worst distance from the bank, the prior
+    starts them that far out, and the loss pulls them back to (1, 1), among the untrained cells of their
+    images (a known limit of the prior: see the README).  These tests are of the instances chosen."""
+    torch.manual_seed(1)                        # the head's initialisation, whatever ran before
+    det = models.create("eidn", stages=(2,), pool=1, hidden=32, bank_prior=False)
     d = det.feature_dim
     torch.manual_seed(0)
     normal = torch.randn(8, d, 6, 6) * 0.3
@@ -149,8 +154,26 @@ def test_eidn_compares_a_training_good_with_the_bank_without_its_own_patches():
     assert inspected[-1].abs().max() < 1e-4
 
 
+def test_eidn_with_the_bank_prior_starts_as_the_memory_bank():
+    det = models.create("eidn", stages=(2,), pool=1, hidden=32, coreset_ratio=1.0, max_bank=10_000)
+    d = det.feature_dim
+    normal = list(torch.randn(4, d, 3, 3, generator=torch.Generator().manual_seed(0)))
+    goods = det.begin_training(normal)
+    worst = torch.stack([g[-1].max() for g in goods]).mean()       # the goods' mean worst distance
+    torch.testing.assert_close(det.prior_scale, worst)
+    query = torch.randn(2, d, 3, 3, generator=torch.Generator().manual_seed(1))
+    bank_distance = torch.cdist(query.flatten(2).transpose(1, 2), torch.cat([f.flatten(1).T for f in normal])).amin(2)
+    with torch.no_grad():
+        out = det.score_features(query)
+    # before any step f is zero: each patch sits at (d, d) / scale, its score the bank's distance
+    torch.testing.assert_close(out.maps.flatten(1), 2 ** 0.5 * bank_distance / worst)
+    torch.testing.assert_close(out.embeddings[:, 0], out.embeddings[:, 1])
+    with pytest.raises(ValueError, match="needs residual"):
+        models.create("eidn", stages=(2,), pool=1, residual=False, bank_prior=True)
+
+
 def test_eidn_on_descriptors_alone_keeps_no_bank():
-    det = models.create("eidn", stages=(2,), pool=1, hidden=32, residual=False)
+    det = models.create("eidn", stages=(2,), pool=1, hidden=32, residual=False, bank_prior=False)
     normal = list(torch.randn(2, det.feature_dim, 3, 3))
     assert det.begin_training(normal) is normal and len(det.bank) == 0
     assert det.training_form(normal, [0, 1]) is normal

@@ -126,14 +126,30 @@ def test_a_file_older_than_a_setting_keeps_its_behaviour(tmp_path):
 
 
 def test_an_eidn_file_from_before_the_bank_keeps_its_behaviour(tmp_path):
-    det = models.create("eidn", stages=(2,), pool=1, hidden=16, residual=False).eval()
+    det = models.create("eidn", stages=(2,), pool=1, hidden=16, residual=False, bank_prior=False).eval()
     x = torch.rand(2, 3, 32, 48) * 2 - 1
     meta = build_metadata(det, calibrate(det.infer(x).scores.numpy()), training={"seed": 0})
-    del meta["hparams"]["residual"], meta["hparams"]["max_bank"], meta["hparams"]["coreset_ratio"]
+    for later in ("residual", "max_bank", "coreset_ratio", "bank_prior"):
+        del meta["hparams"][later]
     want = det.infer(x).scores
-    del det._buffers["bank"]                                  # such files hold no bank
+    del det._buffers["bank"], det._buffers["prior_scale"]    # such files hold no bank
     loaded, _ = load_model(save_model(tmp_path / "old.safetensors", det, meta))
     assert loaded.residual is False and len(loaded.bank) == 0
+    assert torch.equal(want, loaded.infer(x).scores)
+
+
+def test_an_eidn_file_from_before_the_bank_prior_keeps_its_behaviour(tmp_path):
+    det = models.create("eidn", stages=(2,), pool=1, hidden=16, coreset_ratio=1.0, bank_prior=False)
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    with torch.no_grad():
+        det.begin_training(list(det.features(x)))
+    det.eval()
+    meta = build_metadata(det, calibrate(det.infer(x).scores.numpy()), training={"seed": 0})
+    del meta["hparams"]["bank_prior"]
+    want = det.infer(x).scores
+    del det._buffers["prior_scale"]                           # such files hold no prior's unit
+    loaded, _ = load_model(save_model(tmp_path / "old.safetensors", det, meta))
+    assert loaded.residual is True and loaded.bank_prior is False
     assert torch.equal(want, loaded.infer(x).scores)
 
 
