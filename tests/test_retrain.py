@@ -146,7 +146,7 @@ def test_the_training_time_is_estimated_by_a_probe_on_this_machine(tiny_mvtec):
     samples = samples_of(tiny_mvtec)
     fast = estimate_seconds(samples, method="patchcore", preset="fast", device="cpu")
     slow = estimate_seconds(samples, method="eidn", preset="accurate", device="cpu")
-    assert 0 < fast < slow < 600
+    assert 0 < fast < slow < 3600                  # a head's steps are timed: far above the memory bank's fit
     assert estimate_seconds(samples, method="ae", preset="fast", device="cpu") > 0
     # AGAD on features paints nothing: fewer images than EIDN's head, which also learns from painted ones.
     assert 0 < estimate_seconds(samples, method="agad_features", preset="accurate", device="cpu") < slow

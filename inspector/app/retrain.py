@@ -276,7 +276,7 @@ def estimate_seconds(samples: Samples, *, method: str = "patchcore", preset: str
         detector.to(dev)
         whole_images(detector, detector.features, probe[:1])                 # warm-up
         t0 = time.perf_counter()
-        whole_images(detector, detector.features, probe)
+        maps = whole_images(detector, detector.features, probe)
         per_image = (time.perf_counter() - t0) / len(probe)
         if cls.gradient_free:                       # + the coreset and calibration, once per fit
             views = 1 + len(MIRRORS) if mirror_images else 1
@@ -284,7 +284,8 @@ def estimate_seconds(samples: Samples, *, method: str = "patchcore", preset: str
         painted = pseudo_count(min(n, HEAD_GOODS)) if detector.wants_pseudo_anomalies else 0
         images = min(n, HEAD_GOODS) + painted + n
         steps = max(1, round(cls.defaults.epochs * p.epochs_share)) * cls.defaults.steps_per_epoch
-        return per_image * images + 0.05 * steps
+        per_form, per_step = _time_head(detector, maps, cls.defaults.batch_size, dev)
+        return (per_image + per_form) * images + per_step * steps
     detector = build_detector(cls, cls.defaults.size, 3, {}).to(dev)
     detector.make_optimizers()
     batch = models.TrainBatch(torch.rand(cls.defaults.batch_size, 3, cls.defaults.size, cls.defaults.size,
@@ -296,6 +297,31 @@ def estimate_seconds(samples: Samples, *, method: str = "patchcore", preset: str
     per_step = (time.perf_counter() - t0) / 3
     steps = max(1, round(cls.defaults.epochs * p.epochs_share)) * cls.defaults.steps_per_epoch
     return per_step * steps + 0.01 * n
+
+
+def _time_head(detector, maps: list, batch_size: int, device) -> tuple[float, float]:
+    """A feature head's training costs, timed on the probe's descriptor maps: seconds an image to bring
+    its map into the form the steps take (EIDN: the residual against a bank, here of the probe's own
+    patches, smaller than training's: the search is a small share), and seconds a step (its batch of
+    goods and labelled defects, each the first probe image)."""
+    import torch
+
+    import models
+
+    goods = detector.begin_training([maps[0], maps[0].clone()])
+    t0 = time.perf_counter()
+    detector.training_form(maps, [None] * len(maps))
+    per_form = (time.perf_counter() - t0) / len(maps)
+    x = goods[0][None].expand(batch_size, -1, -1, -1).contiguous().to(device)
+    batch = models.TrainBatch(x, x, torch.ones(batch_size, dtype=torch.bool, device=device),
+                              torch.zeros(batch_size, 1, *x.shape[-2:], device=device))
+    detector.make_optimizers()
+    for _ in range(2):                         # warm-up: the optimiser's first steps load and allocate
+        detector.training_step(batch, epoch=1, epochs=1)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        detector.training_step(batch, epoch=1, epochs=1)
+    return per_form, (time.perf_counter() - t0) / 3
 
 
 def compare_active(result: RetrainResult, registry: Registry, *, fallback: Path | None = None,
