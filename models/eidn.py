@@ -26,11 +26,14 @@ against 90 s) and for every patch inspected.
 
 Where the embedding starts (``bank_prior``, the default, with ``residual``): at (d, d) for each
 patch, d its distance to the bank in units of the training goods' mean worst distance, so that the
-untrained model is the memory bank and the head learns a correction f(x) (its last layer starts at
-zero) rather than the whole score.  Without it the head's hard negatives (each good image's worst
+untrained model scores as the bank does and the head learns a correction f(x) (its last layer starts
+at zero) rather than the whole score.  Without it the head's hard negatives (each good image's worst
 patch, pulled to the origin) taught it to discount the distance.  Validation (as above): magnetic
 tile 0.892 -> 0.909, brickwork 0.924 -> 0.944; test, three seeds: magnetic tile 0.856 -> 0.871
-(pixel 0.858 -> 0.837), brickwork 0.902 -> 0.927, casting 0.945 -> 0.946.
+(pixel 0.858 -> 0.837), brickwork 0.902 -> 0.927, casting 0.945 -> 0.946.  Its limit: a patch far
+beyond anything good (tens of units) starts far beyond (1, 1), where the loss pulls what it is shown
+back, so the head learns to compress large distances; a saturating tanh prior avoided that on
+hand-made data but measured lower on real parts (README).
 
 Model files from before the bank hold the descriptor-only head, and files from before the prior
 the head without it: each keeps its behaviour (``legacy_hparams``).
