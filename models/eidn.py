@@ -27,8 +27,9 @@ against 90 s) and for every patch inspected.
 Where the embedding starts (``bank_prior``, the default, with ``residual``): at (d, d) for each
 patch, d its distance to the bank in units of the training goods' mean worst distance, so that the
 untrained model scores as the bank does and the head learns a correction f(x) (its last layer starts
-at zero) rather than the whole score.  Without it the head's hard negatives (each good image's worst
-patch, pulled to the origin) taught it to discount the distance.  Validation (as above): magnetic
+at zero) rather than the whole score.  Without it the head scored below the bank it is given (one
+reading: its hard negatives, each good image's worst patch pulled to the origin, teach it to
+discount the distance).  Validation (as above): magnetic
 tile 0.892 -> 0.909, brickwork 0.924 -> 0.944; test, three seeds: magnetic tile 0.856 -> 0.871
 (pixel 0.858 -> 0.837), brickwork 0.902 -> 0.927, casting 0.945 -> 0.946.  Its limit: a patch far
 beyond anything good (tens of units) starts far beyond (1, 1), where the loss pulls what it is shown
@@ -132,7 +133,7 @@ class EIDN(FeatureDetector):
     # Per-patch embeddings are sharp: one cell of smoothing (validation, brickwork G = 0.05: 0.935 with
     # none, 0.931 with 1, 0.918 with the memory bank's 4) keeps a hairline crack from being averaged away.
     default_smoothing = 1.0
-    # Files written before the bank existed hold a head on the descriptor alone.
+    # Files written before the bank hold a head on the descriptor alone; before the prior, one without it.
     legacy_hparams = {"residual": False, "bank_prior": False}
 
     def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
