@@ -5,8 +5,8 @@
 
 Computes the features of the split's training goods (up to 400), of 400 pseudo-anomalies painted
 on them and of the labelled defects (anomaly fraction G) once, then trains the head once per
-configuration given (``epochs``, ``labelled_share`` and any EIDN hyper-parameter; none: the
-defaults) and prints the validation image AUROC for each map smoothing.  One split and seed:
+configuration given (``epochs`` and any EIDN hyper-parameter, ``labelled_share`` among them; none:
+the defaults) and prints the validation image AUROC for each map smoothing.  One split and seed:
 indicative; ``bench --seeds`` measures the settings chosen.
 """
 
@@ -75,14 +75,13 @@ def main() -> None:
     for config in configs:
         config = dict(config)
         epochs = int(config.pop("epochs", models.get_method("eidn").defaults.epochs))
-        data.labelled_share = float(config.pop("labelled_share", 0.5))
         torch.manual_seed(0)
         detector = models.create("eidn", channels=channels, stages=stages, **config)
         detector.patch_features.load_state_dict(probe.patch_features.state_dict())
         train_data = FeatureTrainingData(detector.begin_training(data.normal),
                                          detector.training_form(data.pseudo, painted_on), data.pseudo_masks,
                                          detector.training_form(data.labelled, [None] * len(data.labelled)),
-                                         data.labelled_share)
+                                         detector.labelled_share)
         t0 = time.perf_counter()
         d = detector.defaults
         report = train(detector, train_data, TrainConfig(epochs, d.steps_per_epoch, d.batch_size, seed=0))
@@ -90,7 +89,7 @@ def main() -> None:
         maps = [answer.map for answer in map_images(detector, held)]
         cells = " ".join(f"s{sigma:g}={auroc(is_defect, np.array([smoothed_max(m, sigma) for m in maps])):.4f}"
                          for sigma in SIGMAS)
-        print(f"  epochs={epochs} share={data.labelled_share} {config} train_s={seconds:.0f} "
+        print(f"  epochs={epochs} share={detector.labelled_share} {config} train_s={seconds:.0f} "
               f"loss={report.last_losses.get('loss', 0):.3f}  {cells}", flush=True)
 
 

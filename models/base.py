@@ -115,6 +115,9 @@ class Detector(nn.Module, metaclass=_DetectorMeta):
     uses_anomalies: ClassVar[bool] = False
     #: ... and cannot train without them (EIDN's triplets); AGAD can, from normal samples alone.
     needs_anomalies: ClassVar[bool] = False
+    #: Where there are both labelled defects and pseudo-anomalies: the share of a batch's anomalous
+    #: samples drawn from the labelled ones (a method may make it a hyper-parameter).
+    labelled_share: float = 0.5
     #: ``infer`` returns an anomaly map.
     has_difference_map: ClassVar[bool] = False
     #: What ``training_step`` receives: image tiles ("pixels") or backbone features ("features").

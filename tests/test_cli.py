@@ -69,6 +69,23 @@ def test_bench_over_seeds_reports_each_seeds_threshold(tiny_mvtec, tmp_path, cap
     assert printed[-1].startswith(f"image_auroc={result['image_auroc']:.4f}") and " seeds=0,1 " in printed[-1]
 
 
+def test_a_head_draws_its_own_share_of_labelled_defects(tiny_mvtec, monkeypatch):
+    from inspector.app import jobs
+
+    class Seen(Exception):
+        pass
+
+    def spy(detector, data, config, **kwargs):
+        raise Seen(data.labelled_share, data.n_labelled, data.n_pseudo)
+
+    monkeypatch.setattr(jobs, "train", spy)
+    opts = jobs.TrainOptions(data=tiny_mvtec, method="eidn", anomaly_fraction=0.5, hparams={"labelled_share": 0.3})
+    with pytest.raises(Seen) as seen:
+        jobs.train_model(opts)
+    share, n_labelled, n_pseudo = seen.value.args
+    assert share == 0.3 and n_labelled > 0 and n_pseudo > 0
+
+
 def test_train_then_eval(tiny_mvtec, tmp_path, capsys):
     model = tmp_path / "models" / "m.safetensors"
     assert main(["train", "--data", str(tiny_mvtec), "--method", "eidn", "--out", str(model), *FAST_HEAD]) == 0

@@ -43,6 +43,18 @@ def test_triplet_sampling_follows_eq_4_and_5():
     assert 0.4 < y_is_one.float().mean() < 0.6   # anchors 0 and 1 with equal odds
 
 
+def test_triplet_sampling_draws_anomalies_in_proportion_to_their_weights():
+    normal = torch.zeros(40, 2)
+    anomalous = torch.cat([torch.ones(1, 2), torch.full((99, 2), 2.0)])     # one row against 99
+    weights = torch.cat([torch.ones(1), torch.full((99,), 1 / 99)])          # ... weighing as much as them
+    generator = torch.Generator().manual_seed(0)
+    y_is_one, x_pos, x_neg = sample_triplets(normal, anomalous, 4000, generator, anomalous_weights=weights)
+    drawn = torch.where(y_is_one[:, None], x_pos, x_neg)[:, 0]
+    assert 0.45 < (drawn == 1).float().mean() < 0.55
+    _, x_pos, x_neg = sample_triplets(normal, anomalous, 4000, generator)     # uniform: about 1 in 100
+    assert (torch.cat([x_pos, x_neg])[:, 0] == 1).float().mean() < 0.03
+
+
 @pytest.mark.parametrize("method", ["ae", "agad", "ede"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shapes_at_default_size(method, channels):
@@ -177,6 +189,21 @@ def test_eidn_on_descriptors_alone_keeps_no_bank():
     normal = list(torch.randn(2, det.feature_dim, 3, 3))
     assert det.begin_training(normal) is normal and len(det.bank) == 0
     assert det.training_form(normal, [0, 1]) is normal
+
+
+def test_eidn_weighs_each_anomalous_image_alike_when_image_weighted():
+    _, normal, anomalous, masks = _eidn_on_toy_features()
+    det = models.create("eidn", stages=(2,), pool=1, hidden=32, bank_prior=False, residual=False,
+                        image_weighted=True)
+    masks = masks.clone()
+    masks[4:] = 0.0
+    masks[4:, :, 0, 0] = 1.0                    # images 4-7 painted on one cell, 0-3 on four
+    real = torch.zeros(8, dtype=torch.bool)
+    real[:2] = True                             # images 0 and 1 labelled: one instance each (their bag's maximum)
+    batch = TrainBatch(normal, anomalous, real, masks)
+    instances, weights = det._anomalous_instances(batch, det.embed(anomalous))
+    assert len(instances) == 2 + 2 * 4 + 4 * 1
+    torch.testing.assert_close(weights, torch.tensor([1.0, 1.0] + [0.25] * 8 + [1.0] * 4))
 
 
 def test_eidn_ignores_padded_cells_of_a_batch():

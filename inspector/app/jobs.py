@@ -278,7 +278,8 @@ def _train_features(detector: Detector, opts: TrainOptions, split: Split, channe
                                      stage="features (labelled)") if labelled else []
     data = FeatureTrainingData(normal, detector.training_form(pseudo_features, painted_on),
                                [cell_coverage(m, detector.map_stride) for m in masks],
-                               detector.training_form(labelled_features, [None] * len(labelled_features)))
+                               detector.training_form(labelled_features, [None] * len(labelled_features)),
+                               detector.labelled_share)
     config = _train_config(detector, opts)
     report = train(detector, data, config, progress=progress, should_cancel=should_cancel)
     report = dataclasses.replace(report, seconds=time.perf_counter() - t0)
@@ -311,7 +312,7 @@ def _train_tiles(detector: Detector, opts: TrainOptions, split: Split, channels:
         raise DatasetError(f"{opts.data}: none of the good training images could be read")
     pseudo = (np.stack(make_pseudo_anomalies(list(normal.tiles), PSEUDO_POOL, rng)[0])
               if detector.wants_pseudo_anomalies else None)
-    data = TrainingData(normal.tiles, labelled.tiles if labelled else None, pseudo)
+    data = TrainingData(normal.tiles, labelled.tiles if labelled else None, pseudo, detector.labelled_share)
     config = _train_config(detector, opts)
     report = train(detector, data, config, progress=progress, should_cancel=should_cancel)
     return report, {"n_train_good": len(set(normal.paths)), "n_train_tiles": len(normal.tiles),

@@ -66,8 +66,8 @@ PRESETS = {
 #: Methods an operator chooses from, with what they need.
 METHODS = {
     "patchcore": "memory bank of good patches (no defects needed; given some, they choose its surface; the default)",
-    "eidn": "triplet embedding (learns from labelled defects, else from synthetic ones)",
-    "agad_features": "adversarial reconstruction of features (AGAD; needs labelled defects: best on castings)",
+    "eidn": "triplet embedding (learns from labelled defects, else from synthetic ones; with defects best on castings)",
+    "agad_features": "adversarial reconstruction of features (AGAD; needs labelled defects: strong on castings)",
     "ae": "convolutional autoencoder (good samples only)",
 }
 #: Methods whose figures rest on the labelled defects (README, Results: AGAD on features scores
