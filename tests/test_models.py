@@ -199,11 +199,11 @@ def test_eidn_weighs_each_anomalous_image_alike_when_image_weighted():
     masks[4:] = 0.0
     masks[4:, :, 0, 0] = 1.0                    # images 4-7 painted on one cell, 0-3 on four
     real = torch.zeros(8, dtype=torch.bool)
-    real[:2] = True                             # images 0 and 1 labelled: one instance each (their bag's maximum)
+    real[:2] = True                             # images 0 and 1 labelled: their bags' bag_top (3) worst cells
     batch = TrainBatch(normal, anomalous, real, masks)
     instances, weights = det._anomalous_instances(batch, det.embed(anomalous))
-    assert len(instances) == 2 + 2 * 4 + 4 * 1
-    torch.testing.assert_close(weights, torch.tensor([1.0, 1.0] + [0.25] * 8 + [1.0] * 4))
+    assert len(instances) == 2 * 3 + 2 * 4 + 4 * 1
+    torch.testing.assert_close(weights, torch.tensor([1 / 3] * 6 + [0.25] * 8 + [1.0] * 4))
 
 
 def test_eidn_ignores_padded_cells_of_a_batch():
@@ -213,8 +213,11 @@ def test_eidn_ignores_padded_cells_of_a_batch():
     emb = torch.zeros(8, 2, 6, 6)
     emb[:, :, :, 5] = 9.0                       # a "hot" padded cell must never be a bag's maximum
     emb[:, :, 1, 1] = 1.0
+    emb[:, :, 3, 2] = 0.5
     from models.eidn import bag_maxima
     assert torch.equal(bag_maxima(emb, valid), torch.ones(8, 2))
+    top = bag_maxima(emb, valid, k=2).view(8, 2, 2)            # each image's two worst valid cells, worst first
+    assert torch.equal(top[:, 0], torch.ones(8, 2)) and torch.equal(top[:, 1], torch.full((8, 2), 0.5))
 
 
 def test_eidn_refuses_batches_without_anomalies():

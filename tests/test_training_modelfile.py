@@ -129,7 +129,7 @@ def test_an_eidn_file_from_before_the_bank_keeps_its_behaviour(tmp_path):
     det = models.create("eidn", stages=(2,), pool=1, hidden=16, residual=False, bank_prior=False).eval()
     x = torch.rand(2, 3, 32, 48) * 2 - 1
     meta = build_metadata(det, calibrate(det.infer(x).scores.numpy()), training={"seed": 0})
-    for later in ("residual", "max_bank", "coreset_ratio", "bank_prior", "image_weighted", "labelled_share"):
+    for later in ("residual", "max_bank", "coreset_ratio", "bank_prior", "image_weighted", "labelled_share", "bag_top"):
         del meta["hparams"][later]
     want = det.infer(x).scores
     del det._buffers["bank"], det._buffers["prior_scale"]    # such files hold no bank
@@ -145,13 +145,13 @@ def test_an_eidn_file_from_before_the_bank_prior_keeps_its_behaviour(tmp_path):
         det.begin_training(list(det.features(x)))
     det.eval()
     meta = build_metadata(det, calibrate(det.infer(x).scores.numpy()), training={"seed": 0})
-    for later in ("bank_prior", "image_weighted", "labelled_share"):
+    for later in ("bank_prior", "image_weighted", "labelled_share", "bag_top"):
         del meta["hparams"][later]
     want = det.infer(x).scores
     del det._buffers["prior_scale"]                           # such files hold no prior's unit
     loaded, _ = load_model(save_model(tmp_path / "old.safetensors", det, meta))
     assert loaded.residual is True and loaded.bank_prior is False
-    assert loaded.image_weighted is False and loaded.labelled_share == 0.5     # as it was trained
+    assert loaded.image_weighted is False and loaded.labelled_share == 0.5 and loaded.bag_top == 1   # as trained
     assert torch.equal(want, loaded.infer(x).scores)
 
 
