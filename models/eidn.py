@@ -37,7 +37,7 @@ back, so the head learns to compress large distances; a saturating tanh prior av
 hand-made data but measured lower on real parts (README).
 
 What a step learns from (``image_weighted`` and ``labelled_share``, the defaults): a labelled defect
-gives one anomalous instance (its bag's maximum; three since), a pseudo-anomaly tens of painted cells, so triplets
+gave one anomalous instance (its bag's maximum), a pseudo-anomaly tens of painted cells, so triplets
 drawn cell by cell took a labelled defect a few times in a hundred and the head learnt mostly what
 the painting looks like.  Drawn with each anomalous image weighing alike, and with four in five of a
 batch's anomalous images labelled where there are some, the real defects lead.  Validation (5 %
@@ -115,9 +115,11 @@ def _cells(x: torch.Tensor) -> torch.Tensor:
 
 
 def bag_maxima(emb: torch.Tensor, valid: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """Each image's ``k`` most anomalous valid cells (the largest ||f||): (B, l, h, w) -> (B * k, l)."""
+    """Each image's ``k`` most anomalous valid cells (the largest ||f||; fewer where an image of the
+    batch has fewer valid cells): (B, l, h, w) -> (B * k, l)."""
     norms = emb.norm(dim=1).masked_fill(~valid[:, 0], -1.0).flatten(1)
-    top = norms.topk(min(k, norms.shape[1]), dim=1).indices
+    k = max(1, min(k, int(valid.flatten(1).sum(dim=1).min())))
+    top = norms.topk(k, dim=1).indices
     return _cells(emb)[torch.arange(len(emb), device=emb.device)[:, None], top].flatten(0, 1)
 
 
@@ -276,8 +278,8 @@ class EIDN(FeatureDetector):
         return torch.cat([bag_maxima(emb, valid), cells[pick]])
 
     def _anomalous_instances(self, batch: TrainBatch, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Painted cells of the pseudo-anomalies, and each labelled defect's worst patch (its bag's maximum);
-        with ``image_weighted`` also each instance's weight in the triplet draw (1 / its image's instances)."""
+        """Painted cells of the pseudo-anomalies, and each labelled defect's ``bag_top`` worst patches; with
+        ``image_weighted`` also each instance's weight in the triplet draw (1 / its image's instances)."""
         valid = (batch.anomalous_valid if batch.anomalous_valid is not None
                  else torch.ones_like(emb[:, :1], dtype=torch.bool))
         real = (batch.anomalous_is_real if batch.anomalous_is_real is not None

@@ -218,6 +218,10 @@ def test_eidn_ignores_padded_cells_of_a_batch():
     assert torch.equal(bag_maxima(emb, valid), torch.ones(8, 2))
     top = bag_maxima(emb, valid, k=2).view(8, 2, 2)            # each image's two worst valid cells, worst first
     assert torch.equal(top[:, 0], torch.ones(8, 2)) and torch.equal(top[:, 1], torch.full((8, 2), 0.5))
+    valid[0] = False
+    valid[0, :, 1, 1] = valid[0, :, 3, 2] = True    # image 0 has two valid cells: no padded cell makes up three
+    top = bag_maxima(emb, valid, k=3)
+    assert len(top) == 8 * 2 and (top < 9.0).all()
 
 
 def test_eidn_refuses_batches_without_anomalies():
