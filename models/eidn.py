@@ -286,8 +286,9 @@ class EIDN(FeatureDetector):
                 else torch.zeros(len(emb), dtype=torch.bool, device=emb.device))
         parts, weights = [], []
         if real.any():
-            parts.append(bag_maxima(emb[real], valid[real], self.bag_top))
-            weights.append(torch.full((len(parts[-1]),), len(emb[real]) / len(parts[-1]), device=emb.device))
+            bags = bag_maxima(emb[real], valid[real], self.bag_top)
+            parts.append(bags)
+            weights.append(torch.full((len(bags),), int(real.sum()) / len(bags), device=emb.device))
         if (~real).any():
             if batch.anomalous_masks is None:
                 raise ValueError("EIDN learns from pseudo-anomalies' masks: the batch has none")
