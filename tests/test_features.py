@@ -19,7 +19,7 @@ from inspector.learn.splits import make_split
 from inspector.modelstore.modelfile import load_model, save_model
 from models import patchcore
 from models.backbone import build_backbone
-from models.patchcore import draw_cells, greedy_coreset, nearest_distance, sample_patches, stage_weights
+from models.patchcore import draw_cells, greedy_coreset, nearest_distance, sample_patches, stage_weights, whitening
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,19 @@ def test_stage_weights_give_every_stage_the_same_rms_norm():
         assert block.pow(2).sum(1).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
 
 
+def test_whitening_weighs_a_direction_by_how_little_good_patches_vary_along_it():
+    g = torch.Generator().manual_seed(0)
+    patches = torch.randn(4000, 3, generator=g) * torch.tensor([10.0, 1.0, 0.1]) + 5
+    mean, matrix = whitening(patches, shrink=0.0, generator=g)
+    torch.testing.assert_close(mean, patches.mean(0), atol=1e-4, rtol=0)
+    white = (patches - mean) @ matrix
+    torch.testing.assert_close(torch.cov(white.T), torch.eye(3), atol=1e-3, rtol=0)
+    unit = torch.eye(3) @ matrix                        # one unit along each axis, as a distance
+    assert unit[2].norm() > 5 * unit[1].norm() > 25 * unit[0].norm()
+    still = torch.cat([patches, torch.full((4000, 1), 2.0)], dim=1)   # a channel that never varies
+    _, matrix = whitening(still, generator=g)           # shrunk: finite, and that channel still counts
+    assert torch.isfinite(matrix).all() and (torch.eye(4)[3] @ matrix).norm() > 0
+
 # -- a memory bank trained on generated parts, inspected whole ------------------------------------------
 H, W = 144, 208             # not multiples of the backbone's 32: padded, and the padding cut off again
 
@@ -217,6 +230,22 @@ def test_a_balanced_bank_weighs_its_stages_alike_and_keeps_the_weights_in_its_fi
     assert torch.allclose(loaded.infer(x).maps, detector.infer(x).maps)
 
 
+def test_a_whitened_bank_finds_the_spot_and_keeps_its_whitening_in_its_file(parts, tmp_path):
+    whitened = train_model(TrainOptions(data=parts, method="default", device="cpu", smoothing=1.0,
+                                        hparams={"whiten": True}))
+    detector = whitened.detector
+    assert detector.whiten and not torch.equal(detector.whiten_matrix, torch.eye(detector.feature_dim))
+    loaded, meta = load_model(save_model(tmp_path / "white.safetensors", detector, whitened.metadata))
+    assert meta["hparams"]["whiten"] and loaded.whiten
+    assert torch.equal(loaded.whiten_matrix, detector.whiten_matrix)
+    x = torch.rand(1, 3, 64, 96) * 2 - 1
+    assert torch.allclose(loaded.infer(x).maps, detector.infer(x).maps)
+    good = cv2.resize(texture(np.random.default_rng(5), 96), (W, H))
+    frames = [Frame(good, "good", 0, 0.0), Frame(spot(good, (140, 60)), "bad", 1, 0.0)]
+    ok, ng = whitened.inspector().inspect_batch(frames)
+    assert ok.verdict == "OK" and ng.verdict == "NG"
+    assert ng.heat[55:66, 135:146].mean() > 4 * ng.heat[:, :60].mean()       # hot on the spot, not away from it
+
 def test_a_bank_trained_with_mirror_images_takes_a_mirrored_good_part_for_good(tmp_path):
     rng = np.random.default_rng(3)
 
@@ -249,6 +278,7 @@ def test_a_bank_file_from_before_stage_weights_loads_unweighted():
     loaded, meta = load_model(demo)
     assert "balance_stages" not in meta["hparams"] and not loaded.balance_stages
     assert torch.equal(loaded.channel_weights, torch.ones(loaded.feature_dim))
+    assert not loaded.whiten and torch.equal(loaded.whiten_matrix, torch.eye(loaded.feature_dim))
 
 
 def test_a_tile_size_set_for_tile_models_does_not_stop_a_whole_region_model_loading(bank_model, tmp_path):
