@@ -1,7 +1,7 @@
 """Choosing the memory bank's settings on a validation split cut from train/ (test/ is never read).
 
     python benchmarks/patchcore_validation.py SET [--scales 1.0,0.5] [--stages 3,6 2,4 ...]
-        [--banks 2048,8192] [--pool N] [--balance] [--whiten] [--flips] [--goods 300] [--split-seed 0]
+        [--banks 2048,8192] [--pool N] [--balance] [--no-whiten] [--flips] [--goods 300] [--split-seed 0]
 
 For each scale and stage set, fits banks on up to ``--goods`` of the split's training goods (features
 computed once) with the model's own fit, then prints the validation image AUROC for each bank size
@@ -45,8 +45,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=50_000, help="patches sampled before the coreset")
     parser.add_argument("--balance", action="store_true",
                         help="scale each stage's channels to the same RMS norm over the training patches")
-    parser.add_argument("--whiten", action="store_true",
-                        help="whiten the descriptors by the training patches' covariance (a Mahalanobis distance)")
+    parser.add_argument("--no-whiten", action="store_true",
+                        help="leave the descriptors unwhitened (the model whitens them by default; the texture "
+                             "surface is --balance --no-whiten)")
     parser.add_argument("--goods", type=int, default=300, help="training goods the bank sees, at most")
     parser.add_argument("--split-seed", type=int, default=0, help="the seed that cuts the validation split")
     parser.add_argument("--flips", action="store_true",
@@ -71,14 +72,14 @@ def main() -> None:
             train = whole_images(detector, detector.features, train_images)
             seconds = time.perf_counter() - t0
             held = whole_images(detector, detector.features, held_images)
-            print(f"{args.set} scale={scale} stages={stages} balance={args.balance} whiten={args.whiten} "
+            print(f"{args.set} scale={scale} stages={stages} balance={args.balance} whiten={not args.no_whiten} "
                   f"flips={args.flips}: "
                   f"{len(train)} training images, {sum(f[0].numel() for f in train)} patches, "
                   f"features {seconds:.1f} s; validation {len(held)} images, {int(is_defect.sum())} defective",
                   flush=True)
             # The model's own fit (sampling, stage weights, coreset), a bank size at a time.
             detector.max_patches, detector.balance_stages, detector.coreset_ratio = args.pool, args.balance, 1.0
-            detector.whiten = args.whiten
+            detector.whiten = not args.no_whiten
             for size in args.banks:
                 detector.max_bank = size
                 t0 = time.perf_counter()

@@ -25,6 +25,8 @@ def _settings(r) -> str:
             notes.append("stages " + " + ".join(map(str, hp["stages"])))
         if hp.get("balance_stages"):
             notes.append("stages balanced")
+        if "whiten" in hp:
+            notes.append("whitened" if hp["whiten"] else "not whitened")
         if r.get("smoothing") not in (None, 4.0):
             notes.append(f"smoothing {r['smoothing']:g}")
         chosen = [run.get("surface_choice", {}).get("chosen") for run in r.get("runs", [r])]

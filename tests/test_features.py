@@ -166,7 +166,7 @@ def bank_model(parts):
 def test_default_method_is_the_memory_bank_fitted_on_goods_alone(bank_model):
     assert models.get_method("default") is models.get_method("patchcore")
     detector = bank_model.detector
-    assert detector.method == "patchcore" and detector.fully_convolutional
+    assert detector.method == "patchcore" and detector.fully_convolutional and detector.whiten
     t = bank_model.metadata["training"]
     assert t["n_calibration_good"] == 30 and t["n_train_good"] == 30     # half held out: fewer than 100 goods
     assert 0 < len(detector.bank) <= detector.max_bank
@@ -183,8 +183,7 @@ def test_the_heat_map_locates_a_spot_and_the_box_surrounds_it(bank_model):
     assert ng.score > ok.score and ng.verdict == "NG"
     heat = ng.heat
     assert heat.shape == (H, W)
-    y, x = np.unravel_index(np.argmax(heat), heat.shape)
-    assert abs(x - 140) <= 6 and abs(y - 60) <= 6           # the hottest pixel is on the spot
+    assert heat[60, 140] == heat.max()                       # the spot is as hot as the map gets
     boxes = ng.flagged_boxes()
     assert len(boxes) >= 1
     x0, y0, x1, y1 = boxes[np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))]

@@ -57,7 +57,7 @@ def test_retrain_validates_and_registers_only_when_asked(tiny_mvtec, tmp_path):
 def test_a_texture_surface_weighs_the_stages_alike_and_leaves_the_map_unsmoothed(tiny_mvtec):
     result = retrain(samples_of(tiny_mvtec), method="patchcore", preset="fast", device="cpu", surface="texture")
     meta, detector = result.trained.metadata, result.trained.detector
-    assert meta["hparams"]["balance_stages"] and detector.balance_stages
+    assert meta["hparams"]["balance_stages"] and detector.balance_stages and not detector.whiten
     assert meta["inspection"]["smoothing"] == 0.0 and meta["training"]["surface"] == "texture"
     assert not torch.equal(detector.channel_weights, torch.ones_like(detector.channel_weights))
     with pytest.raises(RetrainError, match="unknown surface"):

@@ -3,7 +3,8 @@
 No one setting suits every part (README, "The default detector"): on validation splits cut from
 ``train/``, balancing the backbone's stages and leaving the map unsmoothed suits a fine repeating
 texture with thin defects (brickwork 0.958 -> 0.984) and hurts castings and tiles (casting 0.939 ->
-0.914).  A surface is an operator-facing name for such a set of settings.
+0.914).  The texture surface also leaves the descriptors unwhitened, since whitening would undo the
+balancing.  A surface is an operator-facing name for such a set of settings.
 
 ``auto`` lets the labelled defects decide: the bank is fitted once per surface and the one that
 best separates the held-out calibration goods from the labelled defects (image AUROC) is kept.  The
@@ -28,7 +29,7 @@ class Surface:
 SURFACES = {
     "parts": Surface("parts", "parts and shapes: castings, tiles, components", {}, None),
     "texture": Surface("texture", "a fine repeating texture with thin defects: brick, fabric, wood grain",
-                       {"balance_stages": True}, 0.0),
+                       {"balance_stages": True, "whiten": False}, 0.0),
 }
 #: Fit each surface and keep the one the labelled defects prefer (``parts`` without any).
 AUTO = "auto"
