@@ -28,9 +28,9 @@ seeds 0 / 1; unsmoothed / 4 cells): casting 0.920 / 0.929 -> 0.955 / 0.950 and 0
 0.955 / 0.946, brickwork 0.943 / 0.926 -> 0.947 / 0.933, magnetic tile 0.865 / 0.886 -> 0.859 /
 0.883 and 0.863 / 0.882 -> 0.860 / 0.885; the shrinkage (0.01 to 0.6) moved casting by under 0.005.
 On the test sets (three seeds) it scored casting 0.965 -> 0.976, magnetic tile 0.934 -> 0.928 (pixel
-0.842 -> 0.869) and brickwork (parts) 0.902 -> 0.906.  Whitening undoes any per-channel scaling before it, so
-``balance_stages`` (the texture surface) goes without it.  Files from before it was the default load
-unwhitened (``legacy_hparams``).
+0.842 -> 0.869) and brickwork (parts) 0.902 -> 0.906.  Whitening undoes any per-channel scaling
+before it, so ``balance_stages`` (the texture surface) goes without it.  Files from before it was the
+default load unwhitened (``legacy_hparams``).
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def whitening(patches: torch.Tensor, shrink: float = 0.1, *, generator: torch.Ge
     x = patches.double()
     mean = x.mean(0)
     cov = torch.cov(x.T).reshape(x.shape[1], x.shape[1])
-    cov = (1.0 - shrink) * cov + shrink * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(len(cov), dtype=x.dtype,
-                                                                                              device=x.device)
+    eye = torch.eye(len(cov), dtype=x.dtype, device=x.device)
+    cov = (1.0 - shrink) * cov + shrink * cov.diagonal().mean().clamp_min(1e-12) * eye
     return mean.float(), torch.linalg.cholesky(torch.linalg.inv(cov)).float()
 
 

@@ -134,6 +134,7 @@ def test_whitening_weighs_a_direction_by_how_little_good_patches_vary_along_it()
     _, matrix = whitening(still, generator=g)           # shrunk: finite, and that channel still counts
     assert torch.isfinite(matrix).all() and (torch.eye(4)[3] @ matrix).norm() > 0
 
+
 # -- a memory bank trained on generated parts, inspected whole ------------------------------------------
 H, W = 144, 208             # not multiples of the backbone's 32: padded, and the padding cut off again
 
@@ -244,6 +245,7 @@ def test_a_whitened_bank_finds_the_spot_and_keeps_its_whitening_in_its_file(part
     ok, ng = whitened.inspector().inspect_batch(frames)
     assert ok.verdict == "OK" and ng.verdict == "NG"
     assert ng.heat[55:66, 135:146].mean() > 4 * ng.heat[:, :60].mean()       # hot on the spot, not away from it
+
 
 def test_a_bank_trained_with_mirror_images_takes_a_mirrored_good_part_for_good(tmp_path):
     rng = np.random.default_rng(3)
