@@ -272,14 +272,33 @@ def test_a_bank_trained_with_mirror_images_takes_a_mirrored_good_part_for_good(t
     assert ok.verdict == "OK" and turned.verdict == "OK"
 
 
-def test_a_bank_file_from_before_stage_weights_loads_unweighted():
-    from inspector.base.paths import resource
+def older_file(src, dst, hparams: tuple[str, ...], tensors: tuple[str, ...]):
+    """A copy of model file ``src`` as an Inspector from before ``hparams`` and ``tensors`` existed wrote it."""
+    import json
 
-    demo = resource("demo-patchcore.safetensors")          # written before the bank had stage weights
-    loaded, meta = load_model(demo)
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from inspector.modelstore.modelfile import weights_checksum
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = json.loads(f.metadata()["inspector"])
+    weights = {k: v for k, v in load_file(str(src)).items() if k not in tensors}
+    meta["hparams"] = {k: v for k, v in meta["hparams"].items() if k not in hparams}
+    meta["weights_sha256"] = weights_checksum(weights)
+    save_file(weights, str(dst), metadata={"inspector": json.dumps(meta)})
+    return dst
+
+
+def test_a_bank_file_from_before_stage_weights_and_whitening_loads_unweighted_and_unwhitened(bank_model, tmp_path):
+    path = save_model(tmp_path / "new.safetensors", bank_model.detector, bank_model.metadata)
+    old = older_file(path, tmp_path / "old.safetensors", ("balance_stages", "whiten"),
+                     ("channel_weights", "whiten_mean", "whiten_matrix"))
+    loaded, meta = load_model(old)
     assert "balance_stages" not in meta["hparams"] and not loaded.balance_stages
     assert torch.equal(loaded.channel_weights, torch.ones(loaded.feature_dim))
     assert not loaded.whiten and torch.equal(loaded.whiten_matrix, torch.eye(loaded.feature_dim))
+    assert torch.equal(loaded.bank, bank_model.detector.bank)
 
 
 def test_a_tile_size_set_for_tile_models_does_not_stop_a_whole_region_model_loading(bank_model, tmp_path):
