@@ -3,7 +3,7 @@
 Importing this package registers every method; ask ``models.base`` for them by name.
 """
 
-from . import ae, agad, agad_features, ede, eidn, patchcore  # noqa: F401  (each module registers its method)
+from . import ae, agad, agad_features, ede, ede_features, eidn, patchcore  # noqa: F401  (each module registers its method)
 from .base import (
                    DEFAULT_METHOD,
                    Detector,

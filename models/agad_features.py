@@ -27,7 +27,27 @@ from .base import Inference, TrainBatch, TrainingDefaults, register
 from .features import FeatureDetector, map_max
 
 
-def _masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+def feature_encoder(dim: int, hidden: int, latent: int) -> nn.Sequential:
+    """Descriptors (B, dim, h, w), h and w even -> (B, latent, h/2, w/2)."""
+    return nn.Sequential(
+        nn.Conv2d(dim, hidden, 1), nn.BatchNorm2d(hidden), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(hidden, latent, 3, 2, 1), nn.BatchNorm2d(latent), nn.LeakyReLU(0.2, inplace=True))
+
+
+def feature_decoder(latent: int, hidden: int, dim: int) -> nn.Sequential:
+    """(B, latent, h/2, w/2) -> descriptors (B, dim, h, w): ``feature_encoder``'s mirror."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(latent, hidden, 4, 2, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+        nn.Conv2d(hidden, dim, 1))
+
+
+def pad_even(x: torch.Tensor) -> torch.Tensor:
+    """Pad a map's height and width to even numbers (bottom and right) for the stride-2 bottleneck."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, w % 2, 0, h % 2))
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """The mean of x (B, K, h, w) over the valid cells (B, 1, h, w) and channels."""
     if valid is None:
         return x.mean()
@@ -41,17 +61,12 @@ class FeatureGenerator(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 128, latent: int = 64) -> None:
         super().__init__()
-        self.encode = nn.Sequential(
-            nn.Conv2d(dim, hidden, 1), nn.BatchNorm2d(hidden), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(hidden, latent, 3, 2, 1), nn.BatchNorm2d(latent), nn.LeakyReLU(0.2, inplace=True))
-        self.decode = nn.Sequential(
-            nn.ConvTranspose2d(latent, hidden, 4, 2, 1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, dim, 1))
+        self.encode = feature_encoder(dim, hidden, latent)
+        self.decode = feature_decoder(latent, hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        y = self.decode(self.encode(F.pad(x, (0, w % 2, 0, h % 2))))
-        return y[..., :h, :w]
+        return self.decode(self.encode(pad_even(x)))[..., :h, :w]
 
 
 class FeatureDiscriminator(nn.Module):
@@ -69,8 +84,27 @@ class FeatureDiscriminator(nn.Module):
         return self.classifier(z).mean(dim=(1, 2, 3)), z
 
 
+class StandardisedFeatures(FeatureDetector):
+    """A reconstruction on features: the descriptors standardised per channel by the good training
+    cells' mean and deviation (kept in the model), so that every channel weighs alike in the error."""
+
+    def __init__(self, **backbone) -> None:
+        super().__init__(**backbone)
+        self.register_buffer("feature_mean", torch.zeros(self.feature_dim))
+        self.register_buffer("feature_std", torch.ones(self.feature_dim))
+
+    def begin_training(self, normal: list[torch.Tensor]) -> list[torch.Tensor]:
+        cells = torch.cat([f.flatten(1) for f in normal], dim=1).float()
+        self.feature_mean = cells.mean(dim=1).to(self.feature_mean.device)
+        self.feature_std = cells.std(dim=1).clamp_min(1e-6).to(self.feature_std.device)
+        return normal
+
+    def _standardise(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
+
+
 @register
-class AGADFeatures(FeatureDetector):
+class AGADFeatures(StandardisedFeatures):
     method = "agad_features"
     uses_anomalies = True
     # 300 steps of 8 images: on brickwork's validation split (G = 0.05, seed 0) 0.927, against 0.887
@@ -87,22 +121,11 @@ class AGADFeatures(FeatureDetector):
         self.weights = LossWeights(adv=w_adv, con=w_con, adcon=0.0, lat=w_lat)
         self.lr = lr
         self.d_resets = 0
-        self.register_buffer("feature_mean", torch.zeros(self.feature_dim))
-        self.register_buffer("feature_std", torch.ones(self.feature_dim))
 
     @property
     def wants_pseudo_anomalies(self) -> bool:
         """Like ``agad``: normal samples and labelled anomalies; no synthetic ones."""
         return False
-
-    def begin_training(self, normal: list[torch.Tensor]) -> list[torch.Tensor]:
-        cells = torch.cat([f.flatten(1) for f in normal], dim=1).float()
-        self.feature_mean = cells.mean(dim=1).to(self.feature_mean.device)
-        self.feature_std = cells.std(dim=1).clamp_min(1e-6).to(self.feature_std.device)
-        return normal
-
-    def _standardise(self, features: torch.Tensor) -> torch.Tensor:
-        return (features - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
 
     def make_optimizers(self) -> None:
         betas = (0.5, 0.999)
@@ -119,7 +142,7 @@ class AGADFeatures(FeatureDetector):
         with torch.no_grad():
             z = self.D(x)[1]
         adv = bce(y_hat, 1.0)
-        con = _masked_mean((x - x_hat).abs(), valid)
+        con = masked_mean((x - x_hat).abs(), valid)
         lat = (z - z_hat).pow(2).mean()
         loss_g = w.adv * adv + w.con * con + w.lat * lat
         xa = None

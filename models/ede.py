@@ -44,6 +44,7 @@ Ablation switches (the paper's Table 5): ``paths=1`` trains EDE1 alone on recons
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +76,8 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def ede_losses(x: torch.Tensor, p: Passes, epoch: int, alpha: float = 1.0, beta: float = 1.0,
-               adversarial: bool = True, margin: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               adversarial: bool = True, margin: float | None = None,
+               mse: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _mse) -> tuple[torch.Tensor, torch.Tensor]:
     """(L_EDE1, L_EDE2) at epoch n:
 
     L_EDE1 = 1/n (a||x - x1||^2 + b||z - z1||^2) - (1 - 1/n)(a||x - x1'||^2 + b||z - z1'||^2)
@@ -84,15 +86,28 @@ def ede_losses(x: torch.Tensor, p: Passes, epoch: int, alpha: float = 1.0, beta:
     EDE1's gain is bounded as the energy-based GAN bounds its discriminator's: EDE1 maximises
     min(adv, m), so once EDE2's output, decoded by EDE1, is m from the real tile, EDE1 gains nothing
     by decoding it worse (the paper's unbounded game lets it win by decoding everything badly).
+    ``mse`` is each term's mean squared error (EDE on features leaves a batch's padded cells out).
     """
-    rec1 = alpha * _mse(x, p.x1) + beta * _mse(p.z, p.z1)
-    rec2 = alpha * _mse(x, p.x2) + beta * _mse(p.z, p.z2)
+    rec1 = alpha * mse(x, p.x1) + beta * mse(p.z, p.z1)
+    rec2 = alpha * mse(x, p.x2) + beta * mse(p.z, p.z2)
     if not adversarial:
         return rec1, rec2
     first, second = phase_weights(epoch)
-    adv = alpha * _mse(x, p.x1p) + beta * _mse(p.z, p.z1p)
+    adv = alpha * mse(x, p.x1p) + beta * mse(p.z, p.z1p)
     gain = adv if margin is None else adv.clamp(max=margin)
     return first * rec1 - second * gain, first * rec2 + second * adv
+
+
+def joint_update(opt: torch.optim.Optimizer, losses: tuple[torch.Tensor, ...], paths: list[list[nn.Parameter]]) -> None:
+    """The paper's Algorithm 1: each path's parameters get its own loss's gradient (the shared
+    encoders the sum of both), then one step.  With one path, its loss alone."""
+    opt.zero_grad(set_to_none=True)
+    for i, (loss, params) in enumerate(zip(losses, paths, strict=False)):
+        grads = torch.autograd.grad(loss, params, retain_graph=i + 1 < len(paths), allow_unused=True)
+        for param, grad in zip(params, grads, strict=True):
+            if grad is not None:
+                param.grad = grad if param.grad is None else param.grad + grad
+    opt.step()
 
 
 @register
@@ -159,14 +174,7 @@ class EDE(Detector):
         losses = ede_losses(x, self.passes(x), batch.data_pass, self.alpha, self.beta, self.adversarial,
                             self.margin)
         paths = self._paths()
-        opt = self.optimizers[0]
-        opt.zero_grad(set_to_none=True)
-        for i, (loss, params) in enumerate(zip(losses, paths, strict=False)):    # one path: its loss alone
-            grads = torch.autograd.grad(loss, params, retain_graph=i + 1 < len(paths), allow_unused=True)
-            for param, grad in zip(params, grads, strict=True):
-                if grad is not None:
-                    param.grad = grad if param.grad is None else param.grad + grad
-        opt.step()
+        joint_update(self.optimizers[0], losses, paths)
         return {f"loss{i + 1}": loss.item() for i, loss in enumerate(losses[: len(paths)])} | {
             "pass": float(batch.data_pass)}
 

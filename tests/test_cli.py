@@ -150,7 +150,7 @@ def test_missing_training_images_exit_2_and_write_nothing(tmp_path, capsys):
 
 def test_unknown_method_lists_the_methods(tiny_mvtec, capsys):
     assert main(["bench", "--data", str(tiny_mvtec), "--method", "nope"]) == 2
-    assert "available methods: ae, agad, agad_features, ede, eidn, patchcore" in capsys.readouterr().err
+    assert "available methods: ae, agad, agad_features, ede, ede_features, eidn, patchcore" in capsys.readouterr().err
 
 
 def test_a_surface_is_refused_for_methods_other_than_the_bank(tiny_mvtec, tmp_path, capsys):

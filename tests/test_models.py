@@ -1,5 +1,7 @@
 """Losses, shapes and the interface of every registered detector."""
 
+import math
+
 import pytest
 import torch
 
@@ -254,6 +256,30 @@ def test_agad_on_features_reconstructs_normal_cells_better_than_odd_ones():
     with torch.no_grad():
         maps = det.score_features(odd).maps[:, 0]
     assert (maps.flatten(1).argmax(1) == 2 * 6 + 3).float().mean() >= 0.75
+
+
+def test_ede_on_features_scores_an_odd_cell_highest_and_ignores_padding():
+    torch.manual_seed(0)
+    det = models.create("ede_features", stages=(2,), pool=1, hidden=32, latent=8)
+    d = det.feature_dim
+    basis = torch.randn(4, d)                                  # normal cells lie near a 4-d subspace
+    normal = torch.einsum("kd,bkhw->bdhw", basis, torch.randn(8, 4, 5, 7))     # odd sides: padded inside
+    det.begin_training(list(normal))
+    det.make_optimizers()
+    valid = torch.ones(8, 1, 5, 7)
+    valid[:, :, :, 6] = 0                                      # a padded column, filled with garbage
+    padded = normal.clone()
+    padded[:, :, :, 6] = 1e3
+    for step in range(150):
+        stats = det.training_step(TrainBatch(padded, normal_valid=valid, data_pass=1 + step // 20), epoch=1, epochs=1)
+    assert all(map(math.isfinite, stats.values())) and stats["loss2"] < 10
+    det.eval()
+    odd = normal.clone()
+    odd[:, :, 2, 3] = torch.randn(8, d) * normal.std() * 3     # one cell off the subspace
+    with torch.no_grad():
+        out = det.score_features(odd)
+    assert out.maps.shape == (8, 1, 5, 7)
+    assert (out.maps[:, 0].flatten(1).argmax(1) == 2 * 7 + 3).float().mean() >= 0.75
 
 
 def test_feature_batches_with_labelled_defects_and_no_pseudo_anomalies():
