@@ -296,6 +296,24 @@ def test_without_a_display_the_window_says_what_to_do_instead():
     assert done.returncode == 2 and "python main.py inspect" in done.stderr
 
 
+def test_qt_saying_the_display_is_gone_stops_the_live_run_before_qt_exits(qtbot, window, settings):
+    """Qt's X11 plugin warns and then calls exit() at once: the warning must stop the workers."""
+    from PySide6.QtCore import qInstallMessageHandler, qWarning
+
+    from inspector.ui.app import route_qt_messages
+
+    w = window()
+    wait_for_update(qtbot, w)
+    previous = route_qt_messages(w.stop_workers)
+    try:
+        qWarning("The X11 connection broke (error 1). Did the X11 server die?")
+    finally:
+        qInstallMessageHandler(previous)
+    assert w.live_worker is None                   # stopped and waited for, before any event loop turn
+    with sqlite3.connect(settings.value("paths/results_db")) as db:
+        assert db.execute("SELECT status FROM runs ORDER BY id DESC LIMIT 1").fetchone() == ("cancelled",)
+
+
 def test_the_model_chooser_lists_registry_versions_and_switches_the_active_one(qtbot, window, tmp_path):
     from inspector.faults import make_model
     from inspector.modelstore.registry import Registry

@@ -638,12 +638,19 @@ class MainWindow(QMainWindow):
                 self.registry = Registry(self.settings.models_dir)
                 self._refresh_models()
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+    def stop_workers(self) -> None:
+        """Stop the live, folder and retraining work and wait for it (closing, or the display is gone)."""
         self.stop()
         if self.batch_worker is not None:
             self.batch_worker.cancel()
             self.batch_thread.quit()
             self.batch_thread.wait(10_000)
+        wizard = getattr(self, "wizard", None)
+        if wizard is not None:
+            wizard.train_page.stop()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        self.stop_workers()
         self.batch_view.close_store()
         self._save()
         super().closeEvent(event)

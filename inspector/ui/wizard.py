@@ -344,8 +344,7 @@ class TrainPage(QWizardPage):
         self.worker.progress.connect(self._progress)
         self.worker.finished.connect(self._finished)
         self.worker.failed.connect(self._failed)
-        self.worker.cancelled.connect(lambda: self._stopped("Cancelled: nothing was saved, the active model is "
-                                                            "unchanged. Go back to change the settings."))
+        self.worker.cancelled.connect(self._cancelled)      # a bound method: it runs in the UI thread
         self.thread = start_in_thread(self.worker, self)
         self.t0 = time.monotonic()
 
@@ -368,6 +367,9 @@ class TrainPage(QWizardPage):
 
     def _failed(self, message: str) -> None:
         self._stopped(f"Training failed: {message}. Nothing was saved; the active model is unchanged.")
+
+    def _cancelled(self) -> None:
+        self._stopped("Cancelled: nothing was saved, the active model is unchanged. Go back to change the settings.")
 
     def _stopped(self, text: str) -> None:
         self.message.setText(text)

@@ -118,7 +118,10 @@ class LiveWorker(QObject):
             log.exception("live inspection failed")
             self.failed.emit(f"live inspection stopped: {exc}")
         finally:
-            self.finished.emit(self)
+            try:
+                self.finished.emit(self)
+            except RuntimeError:  # the process is ending and the window is gone: no one to tell
+                pass
 
     def _run(self) -> None:
         try:
@@ -150,13 +153,16 @@ class LiveWorker(QObject):
             if self._in_view >= 2:
                 return
             self._in_view += 1
-        if result.image is None:      # an unreadable file in a folder: say so, keep going
-            self.shown()
-            self.failed.emit(f"{result.item}: {result.error}")
-            return
-        rgb = cv2.cvtColor(result.image, cv2.COLOR_BGR2RGB)
-        dropped = self._source.dropped if self._source is not None else 0
-        self.update.emit(LiveUpdate(result, rgb, self._fps, result.latency_s * 1000.0, dropped, self))
+        try:
+            if result.image is None:      # an unreadable file in a folder: say so, keep going
+                self.shown()
+                self.failed.emit(f"{result.item}: {result.error}")
+                return
+            rgb = cv2.cvtColor(result.image, cv2.COLOR_BGR2RGB)
+            dropped = self._source.dropped if self._source is not None else 0
+            self.update.emit(LiveUpdate(result, rgb, self._fps, result.latency_s * 1000.0, dropped, self))
+        except RuntimeError:          # "Signal source has been deleted": the process is ending without
+            self._stop.set()          # closing the window; end the run as cancelled
 
 
 class BatchWorker(QObject):
