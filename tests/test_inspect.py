@@ -187,3 +187,26 @@ def test_a_model_that_does_not_fit_the_images_says_so(brick, tmp_path, capsys):
     rc = main(["inspect", str(data / "test"), "--model", str(demo), "--db", str(tmp_path / "r.sqlite")])
     assert rc == 0
     assert "the model most likely does not fit these images" in capsys.readouterr().err
+
+
+def test_the_demo_line_shows_a_boxed_defect_in_its_first_seconds():
+    """A first launch must show what the program does: an NG frame, boxed where the defect is, soon."""
+    from inspector.app.demo import DEMO_DEFECT_RATE, SyntheticSurface
+    from inspector.app.inspection import InspectorSettings, load_inspector
+    from inspector.base.paths import resource
+    from inspector.frames.frame import Frame
+
+    settings = InspectorSettings(device="cpu", engine="torch")
+    inspector, _ = load_inspector(resource("demo-patchcore.safetensors"), settings)
+    line = SyntheticSurface(seed=0, defect_rate=DEMO_DEFECT_RATE, first_defect=True)
+    verdicts = []
+    for i in range(61):                                     # two seconds at the demo's 30 frames/s
+        image = line.next_frame()
+        if i % 15:
+            continue
+        result = inspector.inspect(Frame(image, f"demo#{i}", i, 0.0))
+        verdicts.append(result.verdict)
+        if result.verdict == "NG":
+            (dx0, dy0, dx1, dy1), = line.defects_in_view()
+            assert any(x0 < dx1 and dx0 < x1 and y0 < dy1 and dy0 < y1 for x0, y0, x1, y1 in result.flagged_boxes())
+    assert "NG" in verdicts and verdicts[0] == "OK"         # the defect enters from the edge
