@@ -32,11 +32,11 @@ def route_qt_messages(on_display_lost: Callable[[], None]):
     """Qt's messages go to the log, and Qt saying the display is gone stops the workers first.
 
     When the X server dies, Qt's X11 plugin prints "The X11 connection broke" and then calls the C
-    library's exit() at once: no close event, no Python shutdown.  Worker threads still inside
-    PyTorch or ONNX Runtime then meet the libraries' teardown and the process aborts (measured
-    under Xvfb: a third of the runs).  The warning comes first, through this handler, so the workers
-    are stopped and waited for here (the live run is then recorded as cancelled).  Returns the
-    handler it replaced.
+    library's exit() at once: no close event, no Python shutdown.  A worker's QThread still running
+    is then destroyed and Qt aborts the process (measured under Xvfb: every time; daemon Python
+    threads instead met ONNX Runtime's teardown and aborted a third of the time).  The warning comes
+    first, through this handler, so the workers are stopped and waited for here (the live run is
+    then recorded as cancelled).  Returns the handler it replaced.
     """
     qt_log = logging.getLogger("qt")
 

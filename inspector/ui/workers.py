@@ -118,10 +118,7 @@ class LiveWorker(QObject):
             log.exception("live inspection failed")
             self.failed.emit(f"live inspection stopped: {exc}")
         finally:
-            try:
-                self.finished.emit(self)
-            except RuntimeError:  # the process is ending and the window is gone: no one to tell
-                pass
+            self._send(self.finished, self)
 
     def _run(self) -> None:
         try:
@@ -153,14 +150,17 @@ class LiveWorker(QObject):
             if self._in_view >= 2:
                 return
             self._in_view += 1
+        if result.image is None:      # an unreadable file in a folder: say so, keep going
+            self.shown()
+            self._send(self.failed, f"{result.item}: {result.error}")
+            return
+        rgb = cv2.cvtColor(result.image, cv2.COLOR_BGR2RGB)
+        dropped = self._source.dropped if self._source is not None else 0
+        self._send(self.update, LiveUpdate(result, rgb, self._fps, result.latency_s * 1000.0, dropped, self))
+
+    def _send(self, signal, value) -> None:
         try:
-            if result.image is None:      # an unreadable file in a folder: say so, keep going
-                self.shown()
-                self.failed.emit(f"{result.item}: {result.error}")
-                return
-            rgb = cv2.cvtColor(result.image, cv2.COLOR_BGR2RGB)
-            dropped = self._source.dropped if self._source is not None else 0
-            self.update.emit(LiveUpdate(result, rgb, self._fps, result.latency_s * 1000.0, dropped, self))
+            signal.emit(value)
         except RuntimeError:          # "Signal source has been deleted": the process is ending without
             self._stop.set()          # closing the window; end the run as cancelled
 
