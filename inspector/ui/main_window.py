@@ -72,6 +72,7 @@ class MainWindow(QMainWindow):
         self.live_thread: QThread | None = None
         self.batch_worker: BatchWorker | None = None
         self.batch_thread: QThread | None = None
+        self.wizard: RetrainWizard | None = None
         self._pending_start = False
         #: The live source is reconnecting or has failed: frames still queued from before are not shown.
         self._source_lost = False
@@ -645,9 +646,8 @@ class MainWindow(QMainWindow):
             self.batch_worker.cancel()
             self.batch_thread.quit()
             self.batch_thread.wait(10_000)
-        wizard = getattr(self, "wizard", None)
-        if wizard is not None:
-            wizard.train_page.stop()
+        if self.wizard is not None:
+            self.wizard.train_page.stop()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
         self.stop_workers()
