@@ -31,7 +31,7 @@ from inspector.learn.pseudo_anomalies import make_pseudo_anomalies  # noqa: E402
 from inspector.learn.splits import make_split  # noqa: E402
 from inspector.learn.training import FeatureTrainingData, TrainConfig, train  # noqa: E402
 
-SIGMAS = (0.0, 1.0, 2.0, 4.0)
+SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0, 12.0)
 
 
 def smoothed_max(heat: np.ndarray, sigma: float) -> float:

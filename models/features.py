@@ -116,8 +116,8 @@ class FeatureDetector(Detector):
     trains_on = "features"
     has_difference_map = True
     #: The anomaly map's Gaussian smoothing, in cells, before an image's score is taken (its maximum):
-    #: each method's own, chosen on validation splits.
-    default_smoothing: ClassVar[float] = 4.0
+    #: each method's own, chosen on validation splits (every concrete method sets it).
+    default_smoothing: ClassVar[float]
 
     def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
                  stages: Sequence[int] | None = None, pool: int = 3) -> None:

@@ -43,6 +43,11 @@ SCALE = 0.25
 #: pixels and its heat spreads far past a defect the demo paints 64-160 pixels wide; stages 2 and 4
 #: (16-pixel cells in the frame) outline a scratch (compared on the same frames).
 STAGES = (2, 4)
+#: The score's smoothing, in map cells: 4, not the default detector's 12.  A wide smoothing weighs a
+#: defect by its extent, and the demo's defects are a few cells across its 1280 x 720 frames: at 12
+#: the weakest defect frames scored 1.46 times the threshold against 1.65 at 4, and 0.5 % of the views
+#: between the calibration views were flagged against none.
+SMOOTHING = 4.0
 DEFAULT_OUT = REPO / "resources" / "demo-patchcore.safetensors"
 
 
@@ -93,7 +98,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="inspector-demo-") as tmp:
         trained = train_model(TrainOptions(data=write_set(Path(tmp) / "demo", args.goods), method="default", seed=0,
-                                           scale=SCALE, hparams={"stages": STAGES}))
+                                           scale=SCALE, smoothing=SMOOTHING, hparams={"stages": STAGES}))
     inspector = trained.inspector()
     calibration = calibrate_frames(inspector, good_loop(), false_alarm_rate=0.0)
     inspector = Inspector(trained.detector, calibration, **trained.inspection)
