@@ -186,9 +186,7 @@ class PatchCore(FeatureDetector):
     #: cell).  Chosen on the validation splits (4 / 8 / 12 cells: casting 0.976 / 0.988 / 0.994, magnetic
     #: tile 0.906 / 0.916 / 0.922, brickwork 0.929 / 0.936 / 0.943); on test (three seeds) casting 0.976 ->
     #: 0.996, with recall at the 1 % threshold 0.66 -> 0.93 (README, "The default detector").  A wide
-    #: smoothing weighs a defect by its extent: on the demo line's 1280 x 720 frames with defects a few
-    #: cells across the weakest defects' margin over the threshold fell from 1.65 to 1.46, so the demo
-    #: model keeps 4 cells.
+    #: smoothing weighs a defect by its extent, so the demo's small defects keep 4 (tools/make_demo_model.py).
     default_smoothing = 12.0
     #: Files written before whitening was the default hold an unwhitened bank.
     legacy_hparams = {"whiten": False}
