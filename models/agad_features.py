@@ -110,7 +110,11 @@ class AGADFeatures(StandardisedFeatures):
     # 300 steps of 8 images: on brickwork's validation split (G = 0.05, seed 0) 0.927, against 0.887
     # for AGAD on pixels with its full schedule.
     defaults = TrainingDefaults(epochs=6, steps_per_epoch=50, batch_size=8, size=None)
-    default_smoothing = 1.0
+    #: The image's score is the maximum of the map smoothed by 12 cells (one before).  On the six
+    #: validation splits (three sets, G = 0 and 0.05) its mean AUROC is 0.876 against one cell's 0.850,
+    #: though casting at G = 0.05 prefers one cell (0.973 against 0.955); on test (three seeds) the six
+    #: cells' mean is 0.862 against 0.838, casting at G = 0.05 falling 0.985 -> 0.969 (README).
+    default_smoothing = 12.0
 
     def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
                  stages: Sequence[int] | None = None, pool: int = 3, lr: float = 2e-4, w_adv: float = 1.0,
