@@ -138,7 +138,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoothing", type=_non_negative_float, metavar="CELLS",
                    help="methods on backbone features: Gaussian smoothing of the anomaly map, in map cells, "
                         "before the image's score is taken (default: the method's own, chosen on validation "
-                        "splits: 12 for patchcore, agad_features and ede_features, 1 for eidn)")
+                        "splits: patchcore 12, agad_features 12, ede_features 12, eidn 1)")
     p.add_argument("--backbone-weights", type=Path, metavar="FILE",
                    help="ImageNet weights for a torchvision backbone (--set backbone=wide_resnet50_2); "
                         "efficientnet_lite0's ship with Inspector")

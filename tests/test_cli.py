@@ -148,6 +148,21 @@ def test_missing_training_images_exit_2_and_write_nothing(tmp_path, capsys):
     assert not model.exists() and not list(tmp_path.glob("m.*"))
 
 
+def test_the_smoothing_help_names_each_feature_methods_own_default(capsys):
+    """The help is written by hand (the parser does not import torch): it must follow the classes."""
+    import models
+    from models.features import FeatureDetector
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    feature_methods = [models.get_method(name) for name in models.method_names()
+                       if issubclass(models.get_method(name), FeatureDetector)]
+    assert len(feature_methods) == 4
+    for cls in feature_methods:
+        assert f"{cls.method} {cls.default_smoothing:g}" in help_text
+
+
 def test_unknown_method_lists_the_methods(tiny_mvtec, capsys):
     assert main(["bench", "--data", str(tiny_mvtec), "--method", "nope"]) == 2
     assert "available methods: ae, agad, agad_features, ede, ede_features, eidn, patchcore" in capsys.readouterr().err
