@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -23,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 import models  # noqa: E402
 from inspector.app.jobs import HEAD_GOODS, PSEUDO_IMAGES, cell_coverage  # noqa: E402
+from inspector.detect.pipeline import smooth_map  # noqa: E402
 from inspector.detect.scoring import map_images, whole_images  # noqa: E402
 from inspector.learn.backbones import pretrained_backbone  # noqa: E402
 from inspector.learn.datasets import detect_channels, discover, load_images  # noqa: E402
@@ -32,10 +32,6 @@ from inspector.learn.splits import make_split  # noqa: E402
 from inspector.learn.training import FeatureTrainingData, TrainConfig, train  # noqa: E402
 
 SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0, 12.0)
-
-
-def smoothed_max(heat: np.ndarray, sigma: float) -> float:
-    return float((cv2.GaussianBlur(heat, (0, 0), sigma) if sigma else heat).max())
 
 
 def parse(config: str) -> dict:
@@ -87,8 +83,8 @@ def main() -> None:
         report = train(detector, train_data, TrainConfig(epochs, d.steps_per_epoch, d.batch_size, seed=0))
         seconds = time.perf_counter() - t0
         maps = [answer.map for answer in map_images(detector, held)]
-        cells = " ".join(f"s{sigma:g}={auroc(is_defect, np.array([smoothed_max(m, sigma) for m in maps])):.4f}"
-                         for sigma in SIGMAS)
+        peaks = {sigma: np.array([float(smooth_map(m, sigma).max()) for m in maps]) for sigma in SIGMAS}
+        cells = " ".join(f"s{sigma:g}={auroc(is_defect, peaks[sigma]):.4f}" for sigma in SIGMAS)
         print(f"  epochs={epochs} share={detector.labelled_share} {config} train_s={seconds:.0f} "
               f"loss={report.last_losses.get('loss', 0):.3f}  {cells}", flush=True)
 

@@ -40,9 +40,9 @@ def masked_mse(valid: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tens
 class EDEFeatures(StandardisedFeatures):
     method = "ede_features"
     defaults = TrainingDefaults(epochs=10, steps_per_epoch=50, batch_size=8, size=None)
-    # The map smoothed 12 cells before its maximum is taken (one cell before): every validation split
-    # preferred it (casting 0.753 -> 0.829, magnetic tile 0.773 -> 0.812, brickwork 0.871 -> 0.904), and
-    # on test, three seeds, casting 0.755 -> 0.847, magnetic tile 0.733 -> 0.738, brickwork 0.884 -> 0.918.
+    #: The map smoothed 12 cells before its maximum is taken (one cell before): every validation split
+    #: preferred it (casting 0.753 -> 0.829, magnetic tile 0.773 -> 0.812, brickwork 0.871 -> 0.904), and
+    #: on test, three seeds, casting 0.755 -> 0.847, magnetic tile 0.733 -> 0.738, brickwork 0.884 -> 0.918.
     default_smoothing = 12.0
 
     def __init__(self, *, size: int | None = None, channels: int = 3, backbone: str = "efficientnet_lite0",
